@@ -1,0 +1,65 @@
+"""sessiond client: log users in, verify, refresh and revoke sessions, keep session data.
+
+import sessiond
+
+with sessiond.SessionClient("127.0.0.1:50051") as client:
+    session = client.create_new_session("user-1", {"role": "reader"}, {"cart": []})
+"""
+
+from ._client import DEFAULT_TIMEOUT_S as DEFAULT_TIMEOUT_S
+from ._client import SessionClient as SessionClient
+from ._module import close as close
+from ._module import create_new_session as create_new_session
+from ._module import (
+    get_all_session_handles_for_user as get_all_session_handles_for_user,
+)
+from ._module import get_jwks as get_jwks
+from ._module import get_session as get_session
+from ._module import get_session_data as get_session_data
+from ._module import get_session_info as get_session_info
+from ._module import init as init
+from ._module import refresh_session as refresh_session
+from ._module import revoke_all_sessions_for_user as revoke_all_sessions_for_user
+from ._module import revoke_session as revoke_session
+from ._module import revoke_sessions as revoke_sessions
+from ._module import update_session_data as update_session_data
+from ._session import Session as Session
+from ._session import SessionInfo as SessionInfo
+from ._session import Token as Token
+from .errors import GeneralError as GeneralError
+from .errors import InvalidArgumentError as InvalidArgumentError
+from .errors import SessionError as SessionError
+from .errors import TokenTheftDetectedError as TokenTheftDetectedError
+from .errors import TryRefreshTokenError as TryRefreshTokenError
+from .errors import UnauthorisedError as UnauthorisedError
+from .errors import UnavailableError as UnavailableError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "GeneralError",
+    "InvalidArgumentError",
+    "Session",
+    "SessionClient",
+    "SessionError",
+    "SessionInfo",
+    "Token",
+    "TokenTheftDetectedError",
+    "TryRefreshTokenError",
+    "UnauthorisedError",
+    "UnavailableError",
+    "close",
+    "create_new_session",
+    "get_all_session_handles_for_user",
+    "get_jwks",
+    "get_session",
+    "get_session_data",
+    "get_session_info",
+    "init",
+    "refresh_session",
+    "revoke_all_sessions_for_user",
+    "revoke_session",
+    "revoke_sessions",
+    "update_session_data",
+]

@@ -1,0 +1,97 @@
+"""Module-level calls backed by one shared client, for code that holds only a handle."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from ._client import SessionClient
+from ._session import Session, SessionInfo
+from .errors import GeneralError
+
+_lock = threading.Lock()
+_client: SessionClient | None = None
+
+
+def init(target: str, **options: Any) -> SessionClient:
+    """Create the shared client; options are those of SessionClient. A second call replaces it."""
+    global _client
+    with _lock:
+        previous, _client = _client, SessionClient(target, **options)
+    if previous is not None:
+        previous.close()
+    return _client
+
+
+def close() -> None:
+    """Close the shared client."""
+    global _client
+    with _lock:
+        previous, _client = _client, None
+    if previous is not None:
+        previous.close()
+
+
+def _shared() -> SessionClient:
+    client = _client
+    if client is None:
+        raise GeneralError(
+            "sessiond is not initialised; call sessiond.init(target) first"
+        )
+    return client
+
+
+def create_new_session(
+    user_id: str,
+    access_token_payload: dict[str, Any] | None = None,
+    session_data: Any = None,
+) -> Session:
+    return _shared().create_new_session(user_id, access_token_payload, session_data)
+
+
+def get_session(
+    access_token: str,
+    anti_csrf_token: str | None = None,
+    *,
+    check_database: bool = False,
+) -> Session:
+    return _shared().get_session(
+        access_token, anti_csrf_token, check_database=check_database
+    )
+
+
+def refresh_session(refresh_token: str) -> Session:
+    return _shared().refresh_session(refresh_token)
+
+
+def revoke_session(handle: str) -> bool:
+    return _shared().revoke_session(handle)
+
+
+def revoke_sessions(handles: Sequence[str]) -> list[str]:
+    return _shared().revoke_sessions(handles)
+
+
+def revoke_all_sessions_for_user(user_id: str) -> list[str]:
+    return _shared().revoke_all_sessions_for_user(user_id)
+
+
+def get_all_session_handles_for_user(user_id: str) -> list[str]:
+    return _shared().get_all_session_handles_for_user(user_id)
+
+
+def get_session_info(handle: str) -> SessionInfo:
+    return _shared().get_session_info(handle)
+
+
+def get_session_data(handle: str) -> Any:
+    return _shared().get_session_data(handle)
+
+
+def update_session_data(handle: str, data: Any) -> int:
+    return _shared().update_session_data(handle, data)
+
+
+def get_jwks() -> dict[str, Any]:
+    return _shared().get_jwks()
