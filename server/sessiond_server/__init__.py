@@ -1,0 +1,3 @@
+"""sessiond daemon: the server side of the session service."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,247 @@
+"""Daemon settings: load from a TOML file, SESSIOND_* variables and flags.
+
+Later sources override earlier ones: built-in defaults, then the TOML file,
+then environment variables (``SESSIOND_ACCESS_TOKEN_VALIDITY_S=600``), then
+command-line flags. Every value is checked once, at load, and a bad one
+raises ConfigError naming the setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+ENV_PREFIX = "SESSIOND_"
+SIGNING_ALGORITHMS = ("EdDSA", "ES256", "RS256")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# Ten years: long enough for any real token lifetime, and far from the
+# 64-bit millisecond limit, so no expiry computation can wrap.
+MAX_VALIDITY_S = 10 * 365 * 24 * 3600
+# gRPC rejects messages above its receive limit before sessiond sees them, so
+# session data must leave room for the rest of the message.
+MAX_SESSION_DATA_LIMIT_BYTES = 64 * 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """A setting is missing, has the wrong type or is out of range."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """All settings of one daemon; see the README's config reference."""
+
+    listen: str = "127.0.0.1:50051"
+    database_url: str = field(default="sqlite:///sessiond.db", repr=False)
+    issuer: str = "sessiond"
+    access_token_validity_s: int = 3600
+    refresh_token_validity_s: int = 100 * 24 * 3600
+    key_rotation_interval_s: int = 24 * 3600
+    signing_algorithm: str = "EdDSA"
+    clock_skew_leeway_s: int = 5
+    anti_csrf: bool = True
+    blacklisting: bool = False
+    max_session_data_bytes: int = 1024 * 1024
+    max_access_token_payload_bytes: int = 16 * 1024
+    db_pool_size: int = 10
+    db_timeout_s: float = 10.0
+    migrate_on_start: bool = True
+    cleanup_interval_s: int = 3600
+    grpc_workers: int = 32
+    shutdown_grace_s: float = 10.0
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            _check_type(f.name, getattr(self, f.name), f.type)
+        self._check_ranges()
+
+    def _check_ranges(self) -> None:
+        _check_range(
+            "access_token_validity_s", self.access_token_validity_s, 1, MAX_VALIDITY_S
+        )
+        _check_range(
+            "refresh_token_validity_s", self.refresh_token_validity_s, 1, MAX_VALIDITY_S
+        )
+        _check_range(
+            "key_rotation_interval_s", self.key_rotation_interval_s, 1, MAX_VALIDITY_S
+        )
+        _check_range("clock_skew_leeway_s", self.clock_skew_leeway_s, 0, 300)
+        _check_range(
+            "max_session_data_bytes",
+            self.max_session_data_bytes,
+            2,
+            MAX_SESSION_DATA_LIMIT_BYTES,
+        )
+        _check_range(
+            "max_access_token_payload_bytes",
+            self.max_access_token_payload_bytes,
+            2,
+            1024 * 1024,
+        )
+        _check_range("db_pool_size", self.db_pool_size, 1, 1000)
+        _check_range("db_timeout_s", self.db_timeout_s, 0.1, 600)
+        _check_range("cleanup_interval_s", self.cleanup_interval_s, 1, MAX_VALIDITY_S)
+        _check_range("grpc_workers", self.grpc_workers, 1, 10000)
+        _check_range("shutdown_grace_s", self.shutdown_grace_s, 0, 3600)
+        if self.signing_algorithm not in SIGNING_ALGORITHMS:
+            raise ConfigError(
+                f"signing_algorithm: {self.signing_algorithm!r} is not supported; "
+                f"use one of {', '.join(SIGNING_ALGORITHMS)}"
+            )
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(
+                f"log_level: {self.log_level!r} is not a level; use one of {', '.join(LOG_LEVELS)}"
+            )
+        if not self.issuer:
+            raise ConfigError("issuer: must not be empty")
+        _check_listen(self.listen)
+        _check_database_url(self.database_url)
+
+    def redacted(self) -> dict[str, Any]:
+        """Return the settings with the database password hidden, for logging."""
+        values = dataclasses.asdict(self)
+        values["database_url"] = redact_url(self.database_url)
+        return values
+
+
+def _check_type(name: str, value: Any, annotation: Any) -> None:
+    types: dict[str, type | tuple[type, ...]] = {
+        "str": str,
+        "int": int,
+        "float": (int, float),
+        "bool": bool,
+    }
+    expected = types[str(annotation)]
+    # bool is a subclass of int, so a number setting given as true/false must
+    # be rejected explicitly.
+    if (
+        annotation != "bool"
+        and isinstance(value, bool)
+        or not isinstance(value, expected)
+    ):
+        raise ConfigError(
+            f"{name}: expected {annotation}, got {type(value).__name__} {value!r}"
+        )
+
+
+def _check_range(name: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ConfigError(
+            f"{name}: {value} is out of range; use a value from {low} to {high}"
+        )
+
+
+def _check_listen(listen: str) -> None:
+    if listen.startswith("unix:"):
+        if len(listen) <= len("unix:"):
+            raise ConfigError(
+                "listen: unix: needs a socket path, for example unix:/run/sessiond.sock"
+            )
+        return
+    match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+):(\d{1,5})", listen)
+    if match is None or int(match.group(2)) > 65535:
+        raise ConfigError(
+            f"listen: {listen!r} is not HOST:PORT or unix:PATH; for example 127.0.0.1:50051"
+        )
+
+
+def _check_database_url(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        if not parts.path or parts.path == "/":
+            raise ConfigError(
+                "database_url: sqlite URL needs a file path, for example sqlite:///var/lib/sessiond/db"
+            )
+        return
+    if parts.scheme == "mysql":
+        if not parts.hostname or not parts.path.strip("/"):
+            raise ConfigError(
+                "database_url: mysql URL needs a host and a database name, "
+                "for example mysql://user:password@127.0.0.1:3306/sessiond"
+            )
+        try:
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError as exc:
+            raise ConfigError(f"database_url: {exc}") from None
+        return
+    raise ConfigError(
+        f"database_url: scheme {parts.scheme!r} is not supported; use sqlite:///PATH or mysql://..."
+    )
+
+
+def redact_url(url: str) -> str:
+    """Return url with any password replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def _parse_env_value(name: str, raw: str, annotation: str) -> Any:
+    if annotation == "str":
+        return raw
+    if annotation == "bool":
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name}: {raw!r} is not a boolean; use true or false")
+    try:
+        return int(raw) if annotation == "int" else float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: {raw!r} is not a number") from None
+
+
+def setting_names() -> list[str]:
+    return [f.name for f in fields(Config)]
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build a Config from defaults, a TOML file, the environment and overrides.
+
+    Raises:
+        ConfigError: a file that cannot be read, an unknown setting or a bad
+            value, with the setting named.
+    """
+    types = {f.name: str(f.type) for f in fields(Config)}
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as file:
+                document = tomllib.load(file)
+        except OSError as exc:
+            raise ConfigError(
+                f"config file {path}: cannot be read: {exc.strerror}"
+            ) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: invalid TOML: {exc}") from None
+        for name, value in document.items():
+            if name not in types:
+                raise ConfigError(f"{name}: unknown setting in {path}")
+            values[name] = value
+    for key, raw in (os.environ if environ is None else environ).items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        name = key[len(ENV_PREFIX) :].lower()
+        if name in types:
+            values[name] = _parse_env_value(key, raw, types[name])
+    for name, value in (overrides or {}).items():
+        if name not in types:
+            raise ConfigError(f"{name}: unknown setting")
+        if value is not None:
+            values[name] = value
+    return Config(**values)

@@ -1,0 +1,210 @@
+"""Build the daemon from a Config, serve gRPC, run background jobs, stop cleanly."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import threading
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from sessiond.v1 import session_pb2, session_pb2_grpc
+
+from . import clock
+from .config import Config
+from .keys import KeyManager
+from .migrations import LATEST_VERSION
+from .service import SessionServicer
+from .sessions import REFRESH_SECRET_NAME, SessionManager
+from .storage import Storage, open_storage
+from .tokens import RefreshTokenCodec
+from .validation import MAX_HANDLES_PER_CALL
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = session_pb2.DESCRIPTOR.services_by_name["SessionService"].full_name
+CLEANUP_BATCH_SIZE = 1000
+# Every replica reloads keys this often, so one picks up a key another
+# replica created (by rotation) within this bound.
+KEY_RELOAD_INTERVAL_S = 60.0
+
+
+class StartError(Exception):
+    """The daemon cannot start; the message names the cause."""
+
+
+def max_message_bytes(config: Config) -> int:
+    """Return the gRPC message size limit: room for the largest allowed request."""
+    largest = max(
+        config.max_session_data_bytes, config.max_access_token_payload_bytes * 3
+    )
+    return max(4 * 1024 * 1024, largest + 64 * 1024, MAX_HANDLES_PER_CALL * 64)
+
+
+def open_and_migrate(config: Config) -> Storage:
+    storage = open_storage(
+        config.database_url,
+        pool_size=config.db_pool_size,
+        timeout_s=config.db_timeout_s,
+    )
+    try:
+        if config.migrate_on_start:
+            storage.migrate(clock.now_ms())
+        else:
+            version = storage.schema_version()
+            if version < LATEST_VERSION:
+                raise StartError(
+                    f"database schema is at version {version}, the daemon needs {LATEST_VERSION}; "
+                    "run `sessiond migrate` or set migrate_on_start = true"
+                )
+    except BaseException:
+        storage.close()
+        raise
+    return storage
+
+
+@dataclass
+class Daemon:
+    config: Config
+    storage: Storage
+    keys: KeyManager
+    server: grpc.Server
+    health: health.HealthServicer
+    address: str
+    _stop: threading.Event
+
+    @classmethod
+    def start(cls, config: Config) -> Daemon:
+        storage = open_and_migrate(config)
+        try:
+            return cls._start(config, storage)
+        except BaseException:
+            storage.close()
+            raise
+
+    @classmethod
+    def _start(cls, config: Config, storage: Storage) -> Daemon:
+        keys = KeyManager(
+            storage,
+            algorithm=config.signing_algorithm,
+            rotation_interval_s=config.key_rotation_interval_s,
+            verify_window_s=config.access_token_validity_s + config.clock_skew_leeway_s,
+            clock=clock.now_ms,
+        )
+        keys.reload()
+        secret = storage.get_or_create_secret(
+            REFRESH_SECRET_NAME, secrets.token_bytes(32), clock.now_ms()
+        )
+        sessions = SessionManager(
+            config, storage, keys, RefreshTokenCodec(secret), clock.now_ms
+        )
+        limit = max_message_bytes(config)
+        server = grpc.server(
+            futures.ThreadPoolExecutor(
+                max_workers=config.grpc_workers, thread_name_prefix="grpc"
+            ),
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        session_pb2_grpc.add_SessionServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            SessionServicer(sessions, keys), server
+        )
+        health_servicer = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        address = _bind(server, config.listen)
+        server.start()
+        for service in ("", SERVICE_NAME):
+            health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+        daemon = cls(
+            config, storage, keys, server, health_servicer, address, threading.Event()
+        )
+        daemon._start_jobs()
+        logger.info("listening address=%s", address)
+        return daemon
+
+    def _start_jobs(self) -> None:
+        jobs = (
+            ("key-reload", KEY_RELOAD_INTERVAL_S, self._reload_keys),
+            ("cleanup", float(self.config.cleanup_interval_s), self._cleanup),
+        )
+        for name, interval, job in jobs:
+            threading.Thread(
+                target=self._every, args=(interval, job), name=name, daemon=True
+            ).start()
+
+    def _every(self, interval_s: float, job: Callable[[], None]) -> None:
+        while not self._stop.wait(interval_s):
+            try:
+                job()
+            except Exception:
+                logger.exception(
+                    "background job failed job=%s", threading.current_thread().name
+                )
+
+    def _reload_keys(self) -> None:
+        self.keys.reload()
+
+    def _cleanup(self) -> None:
+        """Delete expired sessions in small batches, so no batch holds locks for long."""
+        total = 0
+        while not self._stop.is_set():
+            deleted = self.storage.delete_expired_sessions(
+                clock.now_ms(), CLEANUP_BATCH_SIZE
+            )
+            total += deleted
+            if deleted < CLEANUP_BATCH_SIZE:
+                break
+        if total:
+            logger.info("expired sessions deleted count=%d", total)
+
+    def stop(self, grace_s: float | None = None) -> None:
+        """Stop accepting calls, let running ones finish within the grace period, close the pool."""
+        logger.info(
+            "stopping grace_s=%s",
+            self.config.shutdown_grace_s if grace_s is None else grace_s,
+        )
+        self._stop.set()
+        self.health.enter_graceful_shutdown()
+        self.server.stop(
+            self.config.shutdown_grace_s if grace_s is None else grace_s
+        ).wait()
+        self.storage.close()
+        logger.info("stopped")
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()
+
+
+def _bind(server: grpc.Server, listen: str) -> str:
+    """Bind the listen address and return it with the real port (port 0 picks a free one)."""
+    if listen.startswith("unix:"):
+        path = listen[len("unix:") :]
+        if os.path.exists(path):
+            os.unlink(path)
+        if server.add_insecure_port(listen) == 0:
+            raise StartError(f"listen: cannot bind {listen}")
+        return listen
+    try:
+        port = server.add_insecure_port(listen)
+    except RuntimeError as exc:
+        raise StartError(f"listen: cannot bind {listen}: {exc}") from None
+    if port == 0:
+        raise StartError(f"listen: cannot bind {listen}; is the port in use?")
+    host = listen.rsplit(":", 1)[0]
+    return f"{host}:{port}"

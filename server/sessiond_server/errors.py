@@ -1,0 +1,74 @@
+"""Domain errors of the daemon and the gRPC status each one maps to.
+
+    SessiondError
+    ├── UnauthorisedError        no such session, expired or revoked
+    ├── TryRefreshTokenError     access token expired, key unknown, CSRF check failed
+    ├── TokenTheftDetectedError  an old refresh token was replayed
+    ├── InvalidArgumentError     bad input; names the field
+    └── UnavailableError         the database cannot be reached
+
+Messages never contain tokens, keys or session data: they go to callers and
+to the log.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class SessiondError(Exception):
+    """Base class of the errors the servicer turns into a gRPC status."""
+
+    reason = "GENERAL_ERROR"
+    code = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def metadata(self) -> dict[str, str]:
+        """Return the key-value pairs sent in google.rpc.ErrorInfo."""
+        return {}
+
+
+class UnauthorisedError(SessiondError):
+    reason = "UNAUTHORISED"
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class TryRefreshTokenError(SessiondError):
+    reason = "TRY_REFRESH_TOKEN"
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class TokenTheftDetectedError(SessiondError):
+    reason = "TOKEN_THEFT_DETECTED"
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+    def __init__(self, session_handle: str, user_id: str) -> None:
+        super().__init__(
+            "a refresh token was used after it had been rotated out; "
+            "the session has been revoked"
+        )
+        self.session_handle = session_handle
+        self.user_id = user_id
+
+    def metadata(self) -> dict[str, str]:
+        return {"session_handle": self.session_handle, "user_id": self.user_id}
+
+
+class InvalidArgumentError(SessiondError):
+    reason = "INVALID_ARGUMENT"
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"invalid {field}: {message}")
+        self.field = field
+
+    def metadata(self) -> dict[str, str]:
+        return {"field": self.field}
+
+
+class UnavailableError(SessiondError):
+    reason = "UNAVAILABLE"
+    code = grpc.StatusCode.UNAVAILABLE

@@ -1,0 +1,192 @@
+"""The gRPC servicer: proto messages to session calls, errors to status codes."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+from sessiond.v1 import session_pb2 as pb
+from sessiond.v1 import session_pb2_grpc
+
+from .errors import SessiondError
+from .keys import KeyManager
+from .sessions import IssuedSession, IssuedToken, SessionManager, SessionView
+
+logger = logging.getLogger(__name__)
+
+ERROR_DOMAIN = "sessiond"
+Handler = TypeVar("Handler", bound=Callable[..., Any])
+
+
+def error_status(error: SessiondError) -> grpc.Status:
+    """Build a status carrying google.rpc.ErrorInfo with the error's reason."""
+    info = error_details_pb2.ErrorInfo(
+        reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata()
+    )
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    return rpc_status.to_status(
+        status_pb2.Status(
+            code=error.code.value[0], message=error.message, details=[detail]
+        )
+    )
+
+
+_INTERNAL = SessiondError("internal error; the daemon's log has the details")
+
+
+def translate_errors(handler: Handler) -> Handler:
+    """Turn domain errors into a status, and anything else into INTERNAL with a fixed message."""
+
+    @functools.wraps(handler)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return handler(self, request, context)
+        except SessiondError as error:
+            context.abort_with_status(error_status(error))
+        except Exception:
+            logger.exception("call failed method=%s", handler.__name__)
+            context.abort_with_status(error_status(_INTERNAL))
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _token(token: IssuedToken | None) -> pb.Token | None:
+    return (
+        None
+        if token is None
+        else pb.Token(token=token.token, expiry_ms=token.expiry_ms)
+    )
+
+
+def _summary(view: SessionView) -> pb.SessionSummary:
+    return pb.SessionSummary(
+        session_handle=view.session_handle,
+        user_id=view.user_id,
+        access_token_payload_json=view.access_token_payload_json,
+    )
+
+
+def _issued_fields(issued: IssuedSession) -> dict[str, Any]:
+    return {
+        "session": _summary(issued.session),
+        "access_token": _token(issued.access_token),
+        "refresh_token": _token(issued.refresh_token),
+        "anti_csrf_token": _token(issued.anti_csrf_token),
+    }
+
+
+def _optional(message: Any, field: str) -> str | None:
+    return getattr(message, field) if message.HasField(field) else None
+
+
+class SessionServicer(session_pb2_grpc.SessionServiceServicer):
+    def __init__(self, sessions: SessionManager, keys: KeyManager) -> None:
+        self._sessions = sessions
+        self._keys = keys
+
+    @translate_errors
+    def CreateSession(
+        self, request: pb.CreateSessionRequest, context: grpc.ServicerContext
+    ) -> pb.CreateSessionResponse:
+        issued = self._sessions.create_session(
+            request.user_id,
+            _optional(request, "access_token_payload_json"),
+            _optional(request, "session_data_json"),
+        )
+        return pb.CreateSessionResponse(**_issued_fields(issued))
+
+    @translate_errors
+    def VerifySession(
+        self, request: pb.VerifySessionRequest, context: grpc.ServicerContext
+    ) -> pb.VerifySessionResponse:
+        verified = self._sessions.verify_session(
+            request.access_token,
+            _optional(request, "anti_csrf_token"),
+            check_database=request.check_database,
+        )
+        return pb.VerifySessionResponse(
+            session=_summary(verified.session),
+            new_access_token=_token(verified.new_access_token),
+        )
+
+    @translate_errors
+    def RefreshSession(
+        self, request: pb.RefreshSessionRequest, context: grpc.ServicerContext
+    ) -> pb.RefreshSessionResponse:
+        issued = self._sessions.refresh_session(request.refresh_token)
+        return pb.RefreshSessionResponse(**_issued_fields(issued))
+
+    @translate_errors
+    def RevokeSession(
+        self, request: pb.RevokeSessionRequest, context: grpc.ServicerContext
+    ) -> pb.RevokeSessionResponse:
+        return pb.RevokeSessionResponse(
+            revoked=self._sessions.revoke_session(request.session_handle)
+        )
+
+    @translate_errors
+    def RevokeSessions(
+        self, request: pb.RevokeSessionsRequest, context: grpc.ServicerContext
+    ) -> pb.RevokeSessionsResponse:
+        revoked = self._sessions.revoke_sessions(list(request.session_handles))
+        return pb.RevokeSessionsResponse(revoked_session_handles=revoked)
+
+    @translate_errors
+    def RevokeAllSessionsForUser(
+        self, request: pb.RevokeAllSessionsForUserRequest, context: grpc.ServicerContext
+    ) -> pb.RevokeAllSessionsForUserResponse:
+        revoked = self._sessions.revoke_all_sessions_for_user(request.user_id)
+        return pb.RevokeAllSessionsForUserResponse(revoked_session_handles=revoked)
+
+    @translate_errors
+    def ListSessionHandles(
+        self, request: pb.ListSessionHandlesRequest, context: grpc.ServicerContext
+    ) -> pb.ListSessionHandlesResponse:
+        handles = self._sessions.list_session_handles(request.user_id)
+        return pb.ListSessionHandlesResponse(session_handles=handles)
+
+    @translate_errors
+    def GetSessionInfo(
+        self, request: pb.GetSessionInfoRequest, context: grpc.ServicerContext
+    ) -> pb.GetSessionInfoResponse:
+        record = self._sessions.get_session_info(request.session_handle)
+        return pb.GetSessionInfoResponse(
+            session_handle=record.session_handle,
+            user_id=record.user_id,
+            created_at_ms=record.created_at_ms,
+            expires_at_ms=record.expires_at_ms,
+            access_token_payload_json=record.access_token_payload,
+            data_version=record.data_version,
+        )
+
+    @translate_errors
+    def GetSessionData(
+        self, request: pb.GetSessionDataRequest, context: grpc.ServicerContext
+    ) -> pb.GetSessionDataResponse:
+        data, version = self._sessions.get_session_data(request.session_handle)
+        return pb.GetSessionDataResponse(session_data_json=data, data_version=version)
+
+    @translate_errors
+    def UpdateSessionData(
+        self, request: pb.UpdateSessionDataRequest, context: grpc.ServicerContext
+    ) -> pb.UpdateSessionDataResponse:
+        version = self._sessions.update_session_data(
+            request.session_handle, request.session_data_json
+        )
+        return pb.UpdateSessionDataResponse(data_version=version)
+
+    @translate_errors
+    def GetJwks(
+        self, request: pb.GetJwksRequest, context: grpc.ServicerContext
+    ) -> pb.GetJwksResponse:
+        return pb.GetJwksResponse(
+            jwks_json=json.dumps(self._keys.jwks(), separators=(",", ":"))
+        )

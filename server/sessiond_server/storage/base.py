@@ -1,0 +1,510 @@
+"""The storage interface and the SQL that every backend shares.
+
+Each public method runs in one connection and at most one transaction, and
+never calls another storage method while it holds its connection, so no call
+ever waits for a second pooled connection while holding one.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from .. import migrations
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Cursor = Any
+
+_SESSION_COLUMNS = (
+    "session_handle, user_id, refresh_token_hash2, access_token_payload, "
+    "session_data, data_version, created_at_ms, expires_at_ms"
+)
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """One row of the sessions table."""
+
+    session_handle: str
+    user_id: str
+    refresh_token_hash2: bytes
+    access_token_payload: str
+    session_data: str
+    data_version: int
+    created_at_ms: int
+    expires_at_ms: int
+
+
+class Rotation(enum.Enum):
+    """How a refresh token relates to the one stored for its session."""
+
+    CURRENT = "current"  # the stored token itself
+    PROMOTED = "promoted"  # a child of the stored token, now stored in its place
+    THEFT = "theft"  # neither: the session was deleted
+    NOT_FOUND = "not_found"  # no live session with that handle
+
+
+@dataclass(frozen=True)
+class RotationResult:
+    outcome: Rotation
+    session: SessionRecord | None
+
+
+@dataclass(frozen=True)
+class SigningKeyRecord:
+    kid: str
+    algorithm: str
+    private_key_pem: bytes
+    created_at_ms: int
+    signs_until_ms: int
+
+
+def _session_from_row(row: Sequence[Any]) -> SessionRecord:
+    return SessionRecord(
+        session_handle=row[0],
+        user_id=bytes(row[1]).decode("utf-8"),
+        refresh_token_hash2=bytes(row[2]),
+        access_token_payload=bytes(row[3]).decode("utf-8"),
+        session_data=bytes(row[4]).decode("utf-8"),
+        data_version=int(row[5]),
+        created_at_ms=int(row[6]),
+        expires_at_ms=int(row[7]),
+    )
+
+
+class Storage(abc.ABC):
+    """Session, key and secret storage over a SQL database.
+
+    Subclasses supply connections and transactions; the statements are
+    written once here, with ``?`` placeholders.
+    """
+
+    dialect: str
+    # Appended to a SELECT that must lock the rows it reads until commit.
+    for_update: str = ""
+
+    # -- what a backend provides -------------------------------------------
+
+    @abc.abstractmethod
+    def _read(self, work: Callable[[Cursor], T]) -> T:
+        """Run work with a cursor outside any explicit transaction."""
+
+    @abc.abstractmethod
+    def _write(self, work: Callable[[Cursor], T]) -> T:
+        """Run work in one write transaction, retried on transient errors.
+
+        work may run more than once, so it must not have side effects outside
+        the database.
+        """
+
+    @abc.abstractmethod
+    def _execute(self, cursor: Cursor, sql: str, params: Sequence[Any] = ()) -> None:
+        """Execute one statement written with ``?`` placeholders."""
+
+    @abc.abstractmethod
+    def _insert_ignore(self, table: str, columns: Sequence[str]) -> str:
+        """Return an INSERT that does nothing when the primary key exists."""
+
+    @abc.abstractmethod
+    def _migration_lock(self) -> Any:
+        """Return a context manager that serialises migrations across daemons."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Close every connection."""
+
+    # -- schema ---------------------------------------------------------------
+
+    def migrate(self, now_ms: int) -> list[int]:
+        """Apply the migrations not yet applied; return their versions."""
+        applied: list[int] = []
+        with self._migration_lock():
+            current = self.schema_version()
+            for migration in migrations.MIGRATIONS:
+                if migration.version <= current:
+                    continue
+                statements = migration.statements(self.dialect)
+
+                def apply(
+                    cursor: Cursor,
+                    migration: Any = migration,
+                    statements: Any = statements,
+                ) -> None:
+                    for statement in statements:
+                        self._execute(cursor, statement)
+                    self._execute(
+                        cursor,
+                        "INSERT INTO sessiond_schema_migrations "
+                        "(version, description, applied_at_ms) VALUES (?, ?, ?)",
+                        (migration.version, migration.description, now_ms),
+                    )
+
+                self._write(apply)
+                logger.info(
+                    "migration applied version=%d description=%s",
+                    migration.version,
+                    migration.description,
+                )
+                applied.append(migration.version)
+        return applied
+
+    def schema_version(self) -> int:
+        def work(cursor: Cursor) -> int:
+            self._execute(cursor, migrations.CREATE_VERSION_TABLE[self.dialect])
+            self._execute(cursor, "SELECT MAX(version) FROM sessiond_schema_migrations")
+            row = cursor.fetchone()
+            return int(row[0]) if row and row[0] is not None else 0
+
+        return self._read(work)
+
+    def ping(self) -> None:
+        """Run a trivial query; raise UnavailableError when the database is down."""
+
+        def work(cursor: Cursor) -> None:
+            self._execute(cursor, "SELECT 1")
+            cursor.fetchall()
+
+        self._read(work)
+
+    # -- sessions -------------------------------------------------------------
+
+    def create_session(self, record: SessionRecord) -> None:
+        def work(cursor: Cursor) -> None:
+            self._execute(
+                cursor,
+                f"INSERT INTO sessiond_sessions ({_SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.session_handle,
+                    record.user_id.encode("utf-8"),
+                    record.refresh_token_hash2,
+                    record.access_token_payload.encode("utf-8"),
+                    record.session_data.encode("utf-8"),
+                    record.data_version,
+                    record.created_at_ms,
+                    record.expires_at_ms,
+                ),
+            )
+
+        self._write(work)
+
+    def get_session(self, handle: str, now_ms: int) -> SessionRecord | None:
+        """Return the live session with this handle, or None."""
+
+        def work(cursor: Cursor) -> SessionRecord | None:
+            self._execute(
+                cursor,
+                f"SELECT {_SESSION_COLUMNS} FROM sessiond_sessions "
+                "WHERE session_handle = ? AND expires_at_ms > ?",
+                (handle, now_ms),
+            )
+            row = cursor.fetchone()
+            return None if row is None else _session_from_row(row)
+
+        return self._read(work)
+
+    def rotate_refresh_token(
+        self,
+        handle: str,
+        token_hash2: bytes,
+        parent_hash2: bytes | None,
+        now_ms: int,
+        expires_at_ms: int,
+    ) -> RotationResult:
+        """Check a refresh token against the stored one and slide the expiry.
+
+        A child of the stored token replaces it. A token that is neither the
+        stored one nor its child deletes the session (theft).
+        """
+
+        def work(cursor: Cursor) -> RotationResult:
+            session = self._lock_session(cursor, handle, now_ms)
+            if session is None:
+                return RotationResult(Rotation.NOT_FOUND, None)
+            if session.refresh_token_hash2 == token_hash2:
+                outcome = Rotation.CURRENT
+            elif (
+                parent_hash2 is not None and session.refresh_token_hash2 == parent_hash2
+            ):
+                outcome = Rotation.PROMOTED
+            else:
+                self._execute(
+                    cursor,
+                    "DELETE FROM sessiond_sessions WHERE session_handle = ?",
+                    (handle,),
+                )
+                return RotationResult(Rotation.THEFT, session)
+            self._execute(
+                cursor,
+                "UPDATE sessiond_sessions SET refresh_token_hash2 = ?, expires_at_ms = ? "
+                "WHERE session_handle = ?",
+                (token_hash2, expires_at_ms, handle),
+            )
+            return RotationResult(outcome, session)
+
+        return self._write(work)
+
+    def promote_refresh_token(
+        self, handle: str, parent_hash2: bytes, token_hash2: bytes, now_ms: int
+    ) -> RotationResult:
+        """Store a child refresh token in place of its parent, if the parent is stored.
+
+        Returns CURRENT when the child was already stored, PROMOTED when it
+        replaced its parent, THEFT when the stored token is neither (the
+        session is left alone: an access token alone never proves theft), and
+        NOT_FOUND for no live session.
+        """
+
+        def work(cursor: Cursor) -> RotationResult:
+            session = self._lock_session(cursor, handle, now_ms)
+            if session is None:
+                return RotationResult(Rotation.NOT_FOUND, None)
+            if session.refresh_token_hash2 == token_hash2:
+                return RotationResult(Rotation.CURRENT, session)
+            if session.refresh_token_hash2 != parent_hash2:
+                return RotationResult(Rotation.THEFT, session)
+            self._execute(
+                cursor,
+                "UPDATE sessiond_sessions SET refresh_token_hash2 = ? WHERE session_handle = ?",
+                (token_hash2, handle),
+            )
+            return RotationResult(Rotation.PROMOTED, session)
+
+        return self._write(work)
+
+    def _lock_session(
+        self, cursor: Cursor, handle: str, now_ms: int
+    ) -> SessionRecord | None:
+        self._execute(
+            cursor,
+            f"SELECT {_SESSION_COLUMNS} FROM sessiond_sessions "
+            f"WHERE session_handle = ? AND expires_at_ms > ?{self.for_update}",
+            (handle, now_ms),
+        )
+        row = cursor.fetchone()
+        return None if row is None else _session_from_row(row)
+
+    def revoke_sessions(self, handles: Sequence[str]) -> list[str]:
+        """Delete sessions by handle; return the handles that existed."""
+        if not handles:
+            return []
+        unique = list(dict.fromkeys(handles))
+        marks = ", ".join("?" for _ in unique)
+
+        def work(cursor: Cursor) -> list[str]:
+            self._execute(
+                cursor,
+                f"SELECT session_handle FROM sessiond_sessions WHERE session_handle IN ({marks}){self.for_update}",
+                unique,
+            )
+            existing = {row[0] for row in cursor.fetchall()}
+            if existing:
+                self._execute(
+                    cursor,
+                    f"DELETE FROM sessiond_sessions WHERE session_handle IN ({marks})",
+                    unique,
+                )
+            return [handle for handle in unique if handle in existing]
+
+        return self._write(work)
+
+    def revoke_all_sessions_for_user(self, user_id: str, now_ms: int) -> list[str]:
+        """Delete every session of a user in one statement; return the live handles."""
+        key = user_id.encode("utf-8")
+
+        def work(cursor: Cursor) -> list[str]:
+            self._execute(
+                cursor,
+                "SELECT session_handle, expires_at_ms FROM sessiond_sessions "
+                f"WHERE user_id = ? ORDER BY created_at_ms, session_handle{self.for_update}",
+                (key,),
+            )
+            rows = cursor.fetchall()
+            if rows:
+                self._execute(
+                    cursor, "DELETE FROM sessiond_sessions WHERE user_id = ?", (key,)
+                )
+            return [row[0] for row in rows if int(row[1]) > now_ms]
+
+        return self._write(work)
+
+    def list_session_handles(self, user_id: str, now_ms: int) -> list[str]:
+        def work(cursor: Cursor) -> list[str]:
+            self._execute(
+                cursor,
+                "SELECT session_handle FROM sessiond_sessions WHERE user_id = ? AND expires_at_ms > ? "
+                "ORDER BY created_at_ms, session_handle",
+                (user_id.encode("utf-8"), now_ms),
+            )
+            return [row[0] for row in cursor.fetchall()]
+
+        return self._read(work)
+
+    def get_session_data(self, handle: str, now_ms: int) -> tuple[str, int] | None:
+        """Return (data JSON, data version) of a live session, or None."""
+
+        def work(cursor: Cursor) -> tuple[str, int] | None:
+            self._execute(
+                cursor,
+                "SELECT session_data, data_version FROM sessiond_sessions "
+                "WHERE session_handle = ? AND expires_at_ms > ?",
+                (handle, now_ms),
+            )
+            row = cursor.fetchone()
+            return None if row is None else (bytes(row[0]).decode("utf-8"), int(row[1]))
+
+        return self._read(work)
+
+    def update_session_data(self, handle: str, data: str, now_ms: int) -> int | None:
+        """Overwrite the data of a live session; return the new version, or None.
+
+        This is a plain UPDATE, never an upsert, so a write that races with a
+        revoke cannot bring the session back.
+        """
+
+        def work(cursor: Cursor) -> int | None:
+            session = self._lock_session(cursor, handle, now_ms)
+            if session is None:
+                return None
+            version = session.data_version + 1
+            self._execute(
+                cursor,
+                "UPDATE sessiond_sessions SET session_data = ?, data_version = ? WHERE session_handle = ?",
+                (data.encode("utf-8"), version, handle),
+            )
+            return version
+
+        return self._write(work)
+
+    def delete_expired_sessions(self, now_ms: int, batch_size: int) -> int:
+        """Delete at most batch_size expired sessions; return how many."""
+
+        def work(cursor: Cursor) -> int:
+            self._execute(
+                cursor,
+                "SELECT session_handle FROM sessiond_sessions WHERE expires_at_ms <= ? "
+                "ORDER BY expires_at_ms LIMIT ?",
+                (now_ms, batch_size),
+            )
+            handles = [row[0] for row in cursor.fetchall()]
+            if not handles:
+                return 0
+            marks = ", ".join("?" for _ in handles)
+            # The expiry is checked again because a refresh may have extended
+            # one of these sessions since the SELECT.
+            self._execute(
+                cursor,
+                f"DELETE FROM sessiond_sessions WHERE session_handle IN ({marks}) AND expires_at_ms <= ?",
+                (*handles, now_ms),
+            )
+            return int(cursor.rowcount)
+
+        return self._write(work)
+
+    # -- secrets and signing keys ------------------------------------------
+
+    def get_or_create_secret(self, name: str, candidate: bytes, now_ms: int) -> bytes:
+        """Return the stored secret called name, storing candidate if there is none.
+
+        When several daemons start at once, every one gets the value of the
+        first insert.
+        """
+
+        def work(cursor: Cursor) -> bytes:
+            self._execute(
+                cursor,
+                self._insert_ignore(
+                    "sessiond_secrets", ("name", "value", "created_at_ms")
+                ),
+                (name, candidate, now_ms),
+            )
+            self._execute(
+                cursor, "SELECT value FROM sessiond_secrets WHERE name = ?", (name,)
+            )
+            return bytes(cursor.fetchone()[0])
+
+        return self._write(work)
+
+    def load_signing_keys(self, signed_after_ms: int) -> list[SigningKeyRecord]:
+        """Return the keys that signed tokens after signed_after_ms, oldest first."""
+
+        def work(cursor: Cursor) -> list[SigningKeyRecord]:
+            self._execute(
+                cursor,
+                "SELECT kid, algorithm, private_key, created_at_ms, signs_until_ms "
+                "FROM sessiond_signing_keys WHERE signs_until_ms > ? ORDER BY created_at_ms, kid",
+                (signed_after_ms,),
+            )
+            return [
+                SigningKeyRecord(
+                    row[0], row[1], bytes(row[2]), int(row[3]), int(row[4])
+                )
+                for row in cursor.fetchall()
+            ]
+
+        return self._read(work)
+
+    def add_signing_key_if_due(
+        self, make_key: Callable[[int], SigningKeyRecord], now_ms: int, *, force: bool
+    ) -> SigningKeyRecord | None:
+        """Insert a new signing key when the newest one stops signing by now_ms.
+
+        A lock row serialises this across daemons sharing the database, so
+        exactly one of them adds the key. With force, the current key stops
+        signing now and a new one is added regardless.
+        """
+
+        def work(cursor: Cursor) -> SigningKeyRecord | None:
+            self._execute(
+                cursor,
+                f"SELECT name FROM sessiond_locks WHERE name = ?{self.for_update}",
+                ("signing_keys",),
+            )
+            cursor.fetchall()
+            self._execute(
+                cursor, "SELECT MAX(signs_until_ms) FROM sessiond_signing_keys"
+            )
+            row = cursor.fetchone()
+            newest_until = int(row[0]) if row and row[0] is not None else 0
+            if newest_until > now_ms and not force:
+                return None
+            if force:
+                self._execute(
+                    cursor,
+                    "UPDATE sessiond_signing_keys SET signs_until_ms = ? WHERE signs_until_ms > ?",
+                    (now_ms, now_ms),
+                )
+            record = make_key(now_ms)
+            self._execute(
+                cursor,
+                "INSERT INTO sessiond_signing_keys "
+                "(kid, algorithm, private_key, created_at_ms, signs_until_ms) VALUES (?, ?, ?, ?, ?)",
+                (
+                    record.kid,
+                    record.algorithm,
+                    record.private_key_pem,
+                    record.created_at_ms,
+                    record.signs_until_ms,
+                ),
+            )
+            return record
+
+        return self._write(work)
+
+    def delete_signing_keys(self, signed_before_ms: int) -> int:
+        """Delete keys that stopped signing before signed_before_ms."""
+
+        def work(cursor: Cursor) -> int:
+            self._execute(
+                cursor,
+                "DELETE FROM sessiond_signing_keys WHERE signs_until_ms < ?",
+                (signed_before_ms,),
+            )
+            return int(cursor.rowcount)
+
+        return self._write(work)

@@ -1,0 +1,227 @@
+"""MySQL and MariaDB storage through PyMySQL and a DBUtils PooledDB pool.
+
+Pool settings, and why:
+- ping=0: no COM_PING on each checkout, which would double the round trips
+  of a primary-key read. A dead connection is found by the statement that
+  uses it instead: outside a transaction DBUtils reconnects and runs the
+  statement again; inside one, this module retries the whole transaction.
+- reset=False: no ROLLBACK on each return to the pool, because every
+  transaction here ends in an explicit COMMIT or ROLLBACK.
+- A semaphore with a timeout guards checkout, because PooledDB blocks
+  forever when every connection is in use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import pymysql
+from dbutils.pooled_db import PooledDB
+from pymysql.constants import CLIENT
+
+from ..errors import UnavailableError
+from .base import Cursor, Storage
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MAX_ATTEMPTS = 3
+# Server error numbers after which the same transaction may simply run again.
+DEADLOCK = 1213
+LOCK_WAIT_TIMEOUT = 1205
+# Client and server error numbers meaning the connection is gone, so the
+# server rolled back whatever the transaction had done.
+CONNECTION_LOST = frozenset(
+    {
+        0,  # PyMySQL InterfaceError on an already closed connection
+        1053,  # server shutdown in progress
+        1927,  # MariaDB: connection was killed
+        2003,  # cannot connect
+        2006,  # server has gone away
+        2013,  # lost connection during query
+        2055,  # lost connection (system error)
+        4031,  # MySQL 8: disconnected after wait_timeout
+    }
+)
+
+
+def _error_number(exc: BaseException) -> int | None:
+    args = getattr(exc, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
+
+
+def _is_connection_lost(exc: BaseException) -> bool:
+    if isinstance(exc, pymysql.err.InterfaceError):
+        return True
+    return (
+        isinstance(exc, pymysql.err.OperationalError)
+        and _error_number(exc) in CONNECTION_LOST
+    )
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    if _is_connection_lost(exc):
+        return True
+    return isinstance(exc, pymysql.err.OperationalError) and _error_number(exc) in (
+        DEADLOCK,
+        LOCK_WAIT_TIMEOUT,
+    )
+
+
+def connect_arguments(url: str, timeout_s: float) -> dict[str, Any]:
+    """Turn mysql://user:password@host:port/database?unix_socket=PATH into PyMySQL arguments."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    timeout = max(1, round(timeout_s))
+    arguments: dict[str, Any] = {
+        "host": parts.hostname or "127.0.0.1",
+        "port": parts.port or 3306,
+        "user": unquote(parts.username or "root"),
+        "password": unquote(parts.password or ""),
+        "database": parts.path.lstrip("/"),
+        "charset": "utf8mb4",
+        "autocommit": True,
+        # Report matched rows, not changed rows, from UPDATE.
+        "client_flag": CLIENT.FOUND_ROWS,
+        "connect_timeout": timeout,
+        "read_timeout": timeout,
+        "write_timeout": timeout,
+        # Strict mode on the session whatever the server default is, so a
+        # value that does not fit is an error and never silently cut. Lock
+        # waits end before the read timeout, so they surface as a retryable
+        # lock wait timeout and not as a lost connection.
+        "init_command": (
+            "SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION', "
+            f"SESSION innodb_lock_wait_timeout = {max(1, timeout // 2)}"
+        ),
+    }
+    if "unix_socket" in query:
+        arguments["unix_socket"] = query["unix_socket"][0]
+    return arguments
+
+
+class MysqlStorage(Storage):
+    dialect = "mysql"
+    for_update = " FOR UPDATE"
+
+    def __init__(self, url: str, *, pool_size: int, timeout_s: float) -> None:
+        self._arguments = connect_arguments(url, timeout_s)
+        self._timeout_s = timeout_s
+        self._slots = threading.BoundedSemaphore(pool_size)
+        self._pool = PooledDB(
+            creator=pymysql,
+            maxconnections=pool_size,
+            maxcached=pool_size,
+            blocking=False,
+            reset=False,
+            ping=0,
+            isfatal=_is_connection_lost,
+            **self._arguments,
+        )
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[Any]:
+        if not self._slots.acquire(timeout=self._timeout_s):
+            raise UnavailableError(
+                f"no database connection became free within {self._timeout_s} s; "
+                "raise db_pool_size or lower the load"
+            )
+        try:
+            connection = self._pool.connection()
+            try:
+                yield connection
+            finally:
+                connection.close()
+        finally:
+            self._slots.release()
+
+    def _run(self, work: Callable[[Cursor], T], *, transaction: bool) -> T:
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            committing = False
+            try:
+                with self._connection() as connection:
+                    cursor = connection.cursor()
+                    try:
+                        if transaction:
+                            connection.begin()
+                        result = work(cursor)
+                        if transaction:
+                            committing = True
+                            connection.commit()
+                        return result
+                    except BaseException:
+                        if transaction and not committing:
+                            _rollback(connection)
+                        raise
+                    finally:
+                        with contextlib.suppress(Exception):
+                            cursor.close()
+            except (pymysql.err.OperationalError, pymysql.err.InterfaceError) as exc:
+                if committing and _is_connection_lost(exc):
+                    raise UnavailableError(
+                        "database connection lost during COMMIT; the write may or may not "
+                        "have been applied"
+                    ) from exc
+                if not _is_retryable(exc):
+                    raise
+                if attempt == MAX_ATTEMPTS:
+                    raise UnavailableError(
+                        f"database call failed after {MAX_ATTEMPTS} attempts: {exc.args[-1]}"
+                    ) from exc
+                logger.warning(
+                    "database call failed, retrying attempt=%d error=%s",
+                    attempt,
+                    _error_number(exc),
+                )
+                time.sleep(random.uniform(0.005, 0.02) * attempt)
+        raise AssertionError("unreachable")
+
+    def _read(self, work: Callable[[Cursor], T]) -> T:
+        return self._run(work, transaction=False)
+
+    def _write(self, work: Callable[[Cursor], T]) -> T:
+        return self._run(work, transaction=True)
+
+    def _execute(self, cursor: Cursor, sql: str, params: Sequence[Any] = ()) -> None:
+        cursor.execute(sql.replace("?", "%s"), tuple(params) if params else None)
+
+    def _insert_ignore(self, table: str, columns: Sequence[str]) -> str:
+        marks = ", ".join("?" for _ in columns)
+        return f"INSERT IGNORE INTO {table} ({', '.join(columns)}) VALUES ({marks})"
+
+    @contextlib.contextmanager
+    def _migration_lock(self) -> Iterator[None]:
+        # A named lock on a connection of its own, outside the pool, so
+        # that daemons starting together apply each migration once.
+        try:
+            connection = pymysql.connect(**self._arguments)
+        except pymysql.err.MySQLError as exc:
+            raise UnavailableError(f"cannot connect to MySQL: {exc.args[-1]}") from exc
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT GET_LOCK('sessiond_migrate', %s)", (60,))
+                if cursor.fetchone()[0] != 1:
+                    raise UnavailableError(
+                        "timed out after 60 s waiting for another daemon's migration"
+                    )
+            yield
+        finally:
+            connection.close()
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+def _rollback(connection: Any) -> None:
+    try:
+        connection.rollback()
+    except pymysql.err.MySQLError:
+        logger.debug("rollback failed; the connection was replaced", exc_info=True)

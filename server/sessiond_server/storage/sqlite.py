@@ -1,0 +1,115 @@
+"""SQLite storage, the embedded default (standard library sqlite3)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+from ..errors import UnavailableError
+from .base import Cursor, Storage
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class SqliteStorage(Storage):
+    """A fixed set of connections to one database file, in WAL mode.
+
+    Writers take the database lock at BEGIN IMMEDIATE, so two transactions
+    never deadlock on a lock upgrade; they wait up to timeout_s instead.
+    """
+
+    dialect = "sqlite"
+
+    def __init__(self, path: str, *, pool_size: int, timeout_s: float) -> None:
+        self._path = path
+        self._timeout_s = timeout_s
+        self._idle: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
+        self._all: list[sqlite3.Connection] = []
+        self._migrating = threading.Lock()
+        try:
+            for _ in range(pool_size):
+                connection = sqlite3.connect(
+                    path,
+                    timeout=timeout_s,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.execute("PRAGMA synchronous=NORMAL")
+                self._all.append(connection)
+                self._idle.put(connection)
+        except sqlite3.Error as exc:
+            self.close()
+            raise UnavailableError(
+                f"cannot open SQLite database {path}: {exc}"
+            ) from exc
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        try:
+            connection = self._idle.get(timeout=self._timeout_s)
+        except queue.Empty:
+            raise UnavailableError(
+                f"no database connection became free within {self._timeout_s} s"
+            ) from None
+        try:
+            yield connection
+        finally:
+            self._idle.put(connection)
+
+    def _read(self, work: Callable[[Cursor], T]) -> T:
+        with self._connection() as connection:
+            cursor = connection.cursor()
+            try:
+                return work(cursor)
+            except sqlite3.OperationalError as exc:
+                raise UnavailableError(f"SQLite read failed: {exc}") from exc
+            finally:
+                cursor.close()
+
+    def _write(self, work: Callable[[Cursor], T]) -> T:
+        with self._connection() as connection:
+            cursor = connection.cursor()
+            try:
+                cursor.execute("BEGIN IMMEDIATE")
+                result = work(cursor)
+                cursor.execute("COMMIT")
+                return result
+            except sqlite3.OperationalError as exc:
+                _rollback(connection)
+                raise UnavailableError(f"SQLite write failed: {exc}") from exc
+            except BaseException:
+                _rollback(connection)
+                raise
+            finally:
+                cursor.close()
+
+    def _execute(self, cursor: Cursor, sql: str, params: Sequence[Any] = ()) -> None:
+        cursor.execute(sql, tuple(params))
+
+    def _insert_ignore(self, table: str, columns: Sequence[str]) -> str:
+        marks = ", ".join("?" for _ in columns)
+        return f"INSERT OR IGNORE INTO {table} ({', '.join(columns)}) VALUES ({marks})"
+
+    def _migration_lock(self) -> Any:
+        return self._migrating
+
+    def close(self) -> None:
+        for connection in self._all:
+            connection.close()
+        self._all.clear()
+
+
+def _rollback(connection: sqlite3.Connection) -> None:
+    if connection.in_transaction:
+        try:
+            connection.execute("ROLLBACK")
+        except sqlite3.Error:
+            logger.warning("sqlite rollback failed", exc_info=True)

@@ -1,0 +1,136 @@
+"""Checks of caller input, run before anything reaches storage.
+
+Each check raises InvalidArgumentError naming the field and the rule, so a
+rejected call changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+from .errors import InvalidArgumentError
+
+MAX_USER_ID_BYTES = 255
+MAX_HANDLES_PER_CALL = 1000
+# Claims sessiond itself writes into every access token. A payload that
+# contains one is rejected, because it would override the daemon's value.
+RESERVED_CLAIMS = frozenset(
+    {
+        "iss",
+        "sub",
+        "aud",
+        "exp",
+        "nbf",
+        "iat",
+        "jti",
+        "sid",
+        "rth",
+        "prth",
+        "csrf",
+        "kid",
+    }
+)
+_HANDLE_PATTERN = re.compile(
+    r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
+)
+
+
+def check_user_id(user_id: str, field: str = "user_id") -> str:
+    if not user_id:
+        raise InvalidArgumentError(field, "must not be empty")
+    try:
+        size = len(user_id.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidArgumentError(field, "must be valid UTF-8 text") from None
+    if size > MAX_USER_ID_BYTES:
+        raise InvalidArgumentError(
+            field, f"is {size} bytes of UTF-8; the maximum is {MAX_USER_ID_BYTES}"
+        )
+    return user_id
+
+
+def check_handle(handle: str, field: str = "session_handle") -> str:
+    if _HANDLE_PATTERN.fullmatch(handle) is None:
+        raise InvalidArgumentError(
+            field, "is not a session handle; pass the handle a session call returned"
+        )
+    return handle
+
+
+def check_handles(handles: list[str], field: str = "session_handles") -> list[str]:
+    if len(handles) > MAX_HANDLES_PER_CALL:
+        raise InvalidArgumentError(
+            field,
+            f"has {len(handles)} entries; send at most {MAX_HANDLES_PER_CALL} per call",
+        )
+    for index, handle in enumerate(handles):
+        check_handle(handle, f"{field}[{index}]")
+    return handles
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _parse_finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text[:40]} is out of the range of a double")
+    return value
+
+
+def parse_json(text: str, field: str, max_bytes: int) -> Any:
+    """Parse strict JSON text of at most max_bytes UTF-8 bytes.
+
+    NaN, Infinity and numbers that overflow a double are rejected, because
+    they would not come back as the same JSON. Integers keep full precision.
+    """
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise InvalidArgumentError(
+            field, f"is {size} bytes; the maximum is {max_bytes} bytes"
+        )
+    try:
+        return json.loads(
+            text, parse_constant=_reject_constant, parse_float=_parse_finite_float
+        )
+    except (ValueError, RecursionError) as exc:
+        raise InvalidArgumentError(field, f"is not valid JSON: {exc}") from None
+
+
+def parse_payload(text: str, field: str, max_bytes: int) -> dict[str, Any]:
+    """Parse an access token payload: a JSON object without reserved claims."""
+    payload = parse_json(text, field, max_bytes)
+    if not isinstance(payload, dict):
+        raise InvalidArgumentError(
+            field, f"must be a JSON object, not a JSON {json_type_name(payload)}"
+        )
+    reserved = sorted(RESERVED_CLAIMS.intersection(payload))
+    if reserved:
+        raise InvalidArgumentError(
+            field,
+            f"contains claim names that sessiond sets itself: {', '.join(reserved)}",
+        )
+    return payload
+
+
+def json_type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def dump_json(value: Any) -> str:
+    """Serialise a parsed JSON value compactly, keeping non-ASCII text as is."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
