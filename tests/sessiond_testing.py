@@ -1,0 +1,156 @@
+"""Test support: a real ``sessiond serve`` process and private MySQL databases."""
+
+from __future__ import annotations
+
+import os
+import queue
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pymysql
+import sessiond
+
+MYSQL_URL = os.environ.get(
+    "SESSIOND_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test"
+)
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+START_TIMEOUT_S = 30.0
+
+
+def mysql_connect(url: str = MYSQL_URL, **extra: Any) -> pymysql.Connection:  # type: ignore[type-arg]
+    parts = urlsplit(url)
+    return pymysql.connect(
+        host=parts.hostname or "127.0.0.1",
+        port=parts.port or 3306,
+        user=parts.username or "root",
+        password=parts.password or "",
+        database=parts.path.lstrip("/") or None,
+        charset="utf8mb4",
+        autocommit=True,
+        connect_timeout=5,
+        **extra,
+    )
+
+
+def with_database(url: str, database: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + database))
+
+
+@contextmanager
+def private_mysql_database(url: str = MYSQL_URL) -> Iterator[str]:
+    """Create an empty database on the test server, yield its URL, drop it."""
+    name = "sessiond_test_" + secrets.token_hex(6)
+    admin = mysql_connect(url)
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(
+                f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+            )
+        yield with_database(url, name)
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        admin.close()
+
+
+class DaemonProcess:
+    """A ``sessiond serve`` child process on a free loopback port.
+
+    Settings are passed as command-line flags. stderr (the log) goes to a
+    file so tests can read it; stdout carries the listen address.
+    """
+
+    def __init__(self, database_url: str, log_path: Path, **settings: Any) -> None:
+        self.database_url = database_url
+        self.log_path = log_path
+        self.settings = settings
+        self.process: subprocess.Popen[str] | None = None
+        self.address = ""
+        self._reader: threading.Thread | None = None
+
+    def start(self) -> DaemonProcess:
+        args = [
+            sys.executable,
+            "-m",
+            "sessiond_server",
+            "serve",
+            "--database-url",
+            self.database_url,
+        ]
+        settings = {"listen": "127.0.0.1:0", "log_level": "DEBUG", **self.settings}
+        for name, value in settings.items():
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            args += ["--" + name.replace("_", "-"), text]
+        log = open(self.log_path, "a")  # noqa: SIM115 - closed with the process
+        self.process = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=log, text=True
+        )
+        log.close()
+        self.address = self._read_address()
+        return self
+
+    def _read_address(self) -> str:
+        assert self.process is not None and self.process.stdout is not None
+        lines: queue.Queue[str] = queue.Queue()
+        stdout = self.process.stdout
+        self._reader = threading.Thread(
+            target=lambda: [lines.put(line) for line in stdout], daemon=True
+        )
+        self._reader.start()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=0.1)
+            except queue.Empty:
+                if self.process.poll() is not None:
+                    break
+                continue
+            if line.startswith("sessiond listening on "):
+                return line.split(" on ", 1)[1].strip()
+        self.kill()
+        raise RuntimeError(f"sessiond did not start; log:\n{self.log()}")
+
+    def client(self, **options: Any) -> sessiond.SessionClient:
+        return sessiond.SessionClient(self.address, **options)
+
+    def log(self) -> str:
+        return (
+            self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        )
+
+    def stop(self, timeout_s: float = 20.0) -> int:
+        """Send SIGTERM and return the exit code."""
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+        finally:
+            self._close_stdout()
+
+    def kill(self) -> None:
+        """Send SIGKILL, as a crash would, and wait for the exit."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self._close_stdout()
+
+    def _close_stdout(self) -> None:
+        if self._reader is not None:
+            self._reader.join(5)
+        if self.process is not None and self.process.stdout is not None:
+            self.process.stdout.close()
