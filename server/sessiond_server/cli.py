@@ -1,4 +1,4 @@
-"""The ``sessiond`` command: serve and migrate."""
+"""The ``sessiond`` command: serve, migrate, check-config and keys."""
 
 from __future__ import annotations
 
@@ -7,14 +7,16 @@ import logging
 import signal
 import sys
 import threading
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Any
 
 from . import __version__, clock
 from .config import Config, ConfigError, load_config
-from .daemon import Daemon, StartError
+from .daemon import Daemon, open_and_migrate
 from .errors import SessiondError
+from .keys import KeyManager
 from .storage import open_storage
+from .transport import StartError
 
 logger = logging.getLogger("sessiond_server")
 
@@ -45,7 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser(
         "migrate", help="apply database schema migrations and exit"
     )
-    for command in (serve, migrate):
+    check = commands.add_parser(
+        "check-config", help="validate the settings, print them and exit"
+    )
+    keys = commands.add_parser("keys", help="list or rotate the signing keys")
+    keys.add_argument(
+        "action",
+        choices=("list", "rotate"),
+        help="list: key ids, ages and states; rotate: start signing with a new key now",
+    )
+    for command in (serve, migrate, check, keys):
         command.add_argument("--config", metavar="FILE", help="TOML config file")
         for setting in fields(Config):
             command.add_argument(
@@ -69,6 +80,7 @@ def configure_logging(level: str) -> None:
 
 
 def _serve(config: Config) -> int:
+    logger.info("starting version=%s config=%s", __version__, config.redacted())
     daemon = Daemon.start(config)
     print(f"sessiond listening on {daemon.address}", flush=True)
     stopping = threading.Event()
@@ -98,6 +110,34 @@ def _migrate(config: Config) -> int:
     return 0
 
 
+def _check_config(config: Config) -> int:
+    print("configuration is valid")
+    for name, value in config.redacted().items():
+        print(f"{name} = {value!r}")
+    return 0
+
+
+def _keys(config: Config, action: str) -> int:
+    storage = open_and_migrate(replace(config, db_pool_size=1))
+    try:
+        keys = KeyManager.for_config(config, storage)
+        if action == "rotate":
+            key = keys.rotate()
+            print(f"signing with new key kid={key.kid} algorithm={key.algorithm}")
+            return 0
+        keys.reload()
+        now = clock.now_ms()
+        for key in keys.loaded():
+            state = "signing" if key.signs_until_ms > now else "verifying only"
+            age_s = (now - key.created_at_ms) // 1000
+            print(
+                f"kid={key.kid} algorithm={key.algorithm} age_s={age_s} state={state}"
+            )
+    finally:
+        storage.close()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = {
@@ -109,10 +149,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sessiond: invalid configuration: {exc}", file=sys.stderr)
         return 2
     configure_logging(config.log_level)
-    logger.info("starting version=%s config=%s", __version__, config.redacted())
     try:
         if args.command == "migrate":
             return _migrate(config)
+        if args.command == "check-config":
+            return _check_config(config)
+        if args.command == "keys":
+            return _keys(config, args.action)
         return _serve(config)
     except (StartError, SessiondError) as exc:
         print(f"sessiond: cannot start: {exc}", file=sys.stderr)

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 ENV_PREFIX = "SESSIOND_"
+MIN_API_KEY_CHARS = 16
 SIGNING_ALGORITHMS = ("EdDSA", "ES256", "RS256")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # Ten years: long enough for any real token lifetime, and far from the
@@ -56,6 +57,12 @@ class Config:
     grpc_workers: int = 32
     shutdown_grace_s: float = 10.0
     log_level: str = "INFO"
+    api_keys: str = field(default="", repr=False)
+    api_keys_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
+    unix_socket_mode: str = "0660"
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -103,11 +110,52 @@ class Config:
             raise ConfigError("issuer: must not be empty")
         _check_listen(self.listen)
         _check_database_url(self.database_url)
+        self._check_transport()
+
+    def _check_transport(self) -> None:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ConfigError(
+                "tls_cert_file and tls_key_file: set both to serve TLS, or neither"
+            )
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ConfigError(
+                "tls_client_ca_file: mutual TLS needs tls_cert_file and tls_key_file too"
+            )
+        for name in (
+            "tls_cert_file",
+            "tls_key_file",
+            "tls_client_ca_file",
+            "api_keys_file",
+        ):
+            path = getattr(self, name)
+            if path and not os.access(path, os.R_OK):
+                raise ConfigError(f"{name}: {path} does not exist or is not readable")
+        if re.fullmatch(r"0?[0-7]{3}", self.unix_socket_mode) is None:
+            raise ConfigError(
+                f"unix_socket_mode: {self.unix_socket_mode!r} is not an octal file mode such as 0660"
+            )
+        for key in self.api_key_list():
+            if len(key) < MIN_API_KEY_CHARS:
+                raise ConfigError(
+                    f"api_keys: every API key needs at least {MIN_API_KEY_CHARS} characters"
+                )
+
+    def api_key_list(self) -> list[str]:
+        """Return the API keys from api_keys (comma-separated) and api_keys_file (one per line)."""
+        keys = [key.strip() for key in self.api_keys.split(",") if key.strip()]
+        if self.api_keys_file:
+            with open(self.api_keys_file, encoding="utf-8") as file:
+                for line in file:
+                    line = line.strip()
+                    if line and not line.startswith("#"):
+                        keys.append(line)
+        return keys
 
     def redacted(self) -> dict[str, Any]:
         """Return the settings with the database password hidden, for logging."""
         values = dataclasses.asdict(self)
         values["database_url"] = redact_url(self.database_url)
+        values["api_keys"] = "***" if self.api_keys else ""
         return values
 
 

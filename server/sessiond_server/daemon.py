@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import threading
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from sessiond.v1 import session_pb2, session_pb2_grpc
 
-from . import clock
+from . import clock, transport
 from .config import Config
 from .keys import KeyManager
 from .migrations import LATEST_VERSION
@@ -23,6 +23,7 @@ from .service import SessionServicer
 from .sessions import REFRESH_SECRET_NAME, SessionManager
 from .storage import Storage, open_storage
 from .tokens import RefreshTokenCodec
+from .transport import StartError
 from .validation import MAX_HANDLES_PER_CALL
 
 logger = logging.getLogger(__name__)
@@ -34,16 +35,20 @@ CLEANUP_BATCH_SIZE = 1000
 KEY_RELOAD_INTERVAL_S = 60.0
 
 
-class StartError(Exception):
-    """The daemon cannot start; the message names the cause."""
-
-
 def max_message_bytes(config: Config) -> int:
     """Return the gRPC message size limit: room for the largest allowed request."""
     largest = max(
         config.max_session_data_bytes, config.max_access_token_payload_bytes * 3
     )
     return max(4 * 1024 * 1024, largest + 64 * 1024, MAX_HANDLES_PER_CALL * 64)
+
+
+def _interceptors(config: Config) -> list[grpc.ServerInterceptor[Any, Any]]:
+    keys = config.api_key_list()
+    if not keys:
+        return []
+    logger.info("API keys required count=%d", len(keys))
+    return [transport.ApiKeyInterceptor(keys)]
 
 
 def open_and_migrate(config: Config) -> Storage:
@@ -89,13 +94,7 @@ class Daemon:
 
     @classmethod
     def _start(cls, config: Config, storage: Storage) -> Daemon:
-        keys = KeyManager(
-            storage,
-            algorithm=config.signing_algorithm,
-            rotation_interval_s=config.key_rotation_interval_s,
-            verify_window_s=config.access_token_validity_s + config.clock_skew_leeway_s,
-            clock=clock.now_ms,
-        )
+        keys = KeyManager.for_config(config, storage)
         keys.reload()
         secret = storage.get_or_create_secret(
             REFRESH_SECRET_NAME, secrets.token_bytes(32), clock.now_ms()
@@ -113,6 +112,7 @@ class Daemon:
                 ("grpc.max_send_message_length", limit),
                 ("grpc.so_reuseport", 0),
             ],
+            interceptors=_interceptors(config),
         )
         session_pb2_grpc.add_SessionServiceServicer_to_server(  # type: ignore[no-untyped-call]
             SessionServicer(sessions, keys), server
@@ -127,8 +127,9 @@ class Daemon:
             ),
             server,
         )
-        address = _bind(server, config.listen)
+        address = transport.bind(server, config)
         server.start()
+        transport.set_socket_mode(config)
         for service in ("", SERVICE_NAME):
             health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
         daemon = cls(
@@ -189,22 +190,3 @@ class Daemon:
 
     def wait(self) -> None:
         self.server.wait_for_termination()
-
-
-def _bind(server: grpc.Server, listen: str) -> str:
-    """Bind the listen address and return it with the real port (port 0 picks a free one)."""
-    if listen.startswith("unix:"):
-        path = listen[len("unix:") :]
-        if os.path.exists(path):
-            os.unlink(path)
-        if server.add_insecure_port(listen) == 0:
-            raise StartError(f"listen: cannot bind {listen}")
-        return listen
-    try:
-        port = server.add_insecure_port(listen)
-    except RuntimeError as exc:
-        raise StartError(f"listen: cannot bind {listen}: {exc}") from None
-    if port == 0:
-        raise StartError(f"listen: cannot bind {listen}; is the port in use?")
-    host = listen.rsplit(":", 1)[0]
-    return f"{host}:{port}"

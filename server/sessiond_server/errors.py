@@ -14,6 +14,11 @@ to the log.
 from __future__ import annotations
 
 import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+ERROR_DOMAIN = "sessiond"
 
 
 class SessiondError(Exception):
@@ -72,3 +77,16 @@ class InvalidArgumentError(SessiondError):
 class UnavailableError(SessiondError):
     reason = "UNAVAILABLE"
     code = grpc.StatusCode.UNAVAILABLE
+
+
+def error_status(error: SessiondError) -> grpc.Status:
+    """Build a status carrying google.rpc.ErrorInfo with the error's reason."""
+    info = error_details_pb2.ErrorInfo(
+        reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata()
+    )
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    status = status_pb2.Status(
+        code=error.code.value[0], message=error.message, details=[detail]
+    )
+    return rpc_status.to_status(status)

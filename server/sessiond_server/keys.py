@@ -19,6 +19,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import get_default_algorithms
 
+from . import clock
+from .config import Config
 from .storage import SigningKeyRecord, Storage
 
 logger = logging.getLogger(__name__)
@@ -94,6 +96,17 @@ class KeyManager:
         self._signing: SigningKey | None = None
         self._lock = threading.Lock()
         self._last_reload_ms = 0
+
+    @classmethod
+    def for_config(cls, config: Config, storage: Storage) -> KeyManager:
+        """Build the key manager the settings describe, on the wall clock."""
+        return cls(
+            storage,
+            algorithm=config.signing_algorithm,
+            rotation_interval_s=config.key_rotation_interval_s,
+            verify_window_s=config.access_token_validity_s + config.clock_skew_leeway_s,
+            clock=clock.now_ms,
+        )
 
     def _make_record(self, now_ms: int) -> SigningKeyRecord:
         private_key = generate_private_key(self._algorithm)
@@ -189,6 +202,10 @@ class KeyManager:
             if self._clock() - self._last_reload_ms >= UNKNOWN_KID_RELOAD_INTERVAL_MS:
                 self._reload_locked()
         return self._keys.get(kid)
+
+    def loaded(self) -> list[SigningKey]:
+        """Return the keys in memory, oldest first."""
+        return sorted(self._keys.values(), key=lambda key: key.created_at_ms)
 
     def jwks(self) -> dict[str, Any]:
         """Return the JWK Set of the keys that may have signed a live token."""

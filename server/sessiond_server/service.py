@@ -9,34 +9,16 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import any_pb2
-from google.rpc import error_details_pb2, status_pb2
-from grpc_status import rpc_status
 from sessiond.v1 import session_pb2 as pb
 from sessiond.v1 import session_pb2_grpc
 
-from .errors import SessiondError
+from .errors import SessiondError, error_status
 from .keys import KeyManager
 from .sessions import IssuedSession, IssuedToken, SessionManager, SessionView
 
 logger = logging.getLogger(__name__)
 
-ERROR_DOMAIN = "sessiond"
 Handler = TypeVar("Handler", bound=Callable[..., Any])
-
-
-def error_status(error: SessiondError) -> grpc.Status:
-    """Build a status carrying google.rpc.ErrorInfo with the error's reason."""
-    info = error_details_pb2.ErrorInfo(
-        reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata()
-    )
-    detail = any_pb2.Any()
-    detail.Pack(info)
-    return rpc_status.to_status(
-        status_pb2.Status(
-            code=error.code.value[0], message=error.message, details=[detail]
-        )
-    )
 
 
 _INTERNAL = SessiondError("internal error; the daemon's log has the details")
