@@ -81,16 +81,18 @@ def configure_logging(level: str) -> None:
 
 def _serve(config: Config) -> int:
     logger.info("starting version=%s config=%s", __version__, config.redacted())
-    daemon = Daemon.start(config)
-    print(f"sessiond listening on {daemon.address}", flush=True)
     stopping = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
         logger.info("signal received signal=%s", signal.Signals(signum).name)
         stopping.set()
 
+    # Handlers go in first, so a SIGTERM that arrives during start still
+    # ends in a graceful stop.
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    daemon = Daemon.start(config)
+    print(f"sessiond listening on {daemon.address}", flush=True)
     while not stopping.wait(3600):
         pass
     daemon.stop()

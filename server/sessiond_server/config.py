@@ -46,6 +46,7 @@ class Config:
     key_rotation_interval_s: int = 24 * 3600
     signing_algorithm: str = "EdDSA"
     clock_skew_leeway_s: int = 5
+    refresh_grace_period_s: int = 10
     anti_csrf: bool = True
     blacklisting: bool = False
     max_session_data_bytes: int = 1024 * 1024
@@ -80,6 +81,7 @@ class Config:
             "key_rotation_interval_s", self.key_rotation_interval_s, 1, MAX_VALIDITY_S
         )
         _check_range("clock_skew_leeway_s", self.clock_skew_leeway_s, 0, 300)
+        _check_range("refresh_grace_period_s", self.refresh_grace_period_s, 0, 300)
         _check_range(
             "max_session_data_bytes",
             self.max_session_data_bytes,

@@ -9,7 +9,10 @@ session is deleted and the caller gets TOKEN_THEFT_DETECTED.
 
 Two refreshes racing with the same token both succeed: each sees the same
 stored parent (or promotes the same child) under the row lock, and each
-returns its own child.
+returns its own child. For refresh_grace_period_s after the stored token
+changes, the token it replaced and that token's other children are still
+accepted, and the first use of such a sibling makes it the stored token. So
+a client that keeps either response of a concurrent refresh stays logged in.
 """
 
 from __future__ import annotations
@@ -184,6 +187,7 @@ class SessionManager:
             data_version=1,
             created_at_ms=now,
             expires_at_ms=now + self._config.refresh_token_validity_s * 1000,
+            refresh_token_changed_at_ms=now,
         )
         self._storage.create_session(record)
         logger.debug("session created handle=%s", handle)
@@ -217,6 +221,7 @@ class SessionManager:
             sha256(claims.parent_refresh_hash1),
             sha256(claims.refresh_hash1),
             now,
+            self._config.refresh_grace_period_s * 1000,
         )
         record = result.session
         if record is None or record.user_id != claims.user_id:
@@ -229,8 +234,12 @@ class SessionManager:
             # as a stateless token would; its refresh token is what a replay
             # would use, and the refresh path deals with that.
             return VerifiedSession(view, None)
-        if result.outcome is Rotation.PROMOTED:
-            logger.debug("refresh token promoted handle=%s", claims.session_handle)
+        if result.outcome is not Rotation.CURRENT:
+            logger.debug(
+                "refresh token promoted handle=%s outcome=%s",
+                claims.session_handle,
+                result.outcome.value,
+            )
         return VerifiedSession(
             _view(record), self._reissue_access_token(claims, record, now)
         )
@@ -244,6 +253,7 @@ class SessionManager:
             sha256(parsed.parent_hash1) if parsed.parent_hash1 is not None else None,
             now,
             now + self._config.refresh_token_validity_s * 1000,
+            self._config.refresh_grace_period_s * 1000,
         )
         record = result.session
         if result.outcome is Rotation.NOT_FOUND or record is None:

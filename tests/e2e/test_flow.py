@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -62,7 +62,19 @@ def test_refresh_then_verify_new_token(client: sessiond.SessionClient) -> None:
     assert verified.access_token_payload == {"n": 1}
 
 
-def test_first_use_of_child_token_promotes(client: sessiond.SessionClient) -> None:
+@pytest.fixture
+def strict_client(
+    start_daemon: Callable[..., DaemonProcess], database_url: str
+) -> Iterator[sessiond.SessionClient]:
+    """A client of a daemon with no refresh grace period, so every replay is theft."""
+    with start_daemon(database_url, refresh_grace_period_s=0).client() as client:
+        yield client
+
+
+def test_first_use_of_child_token_promotes(
+    strict_client: sessiond.SessionClient,
+) -> None:
+    client = strict_client
     first = client.create_new_session("user-4")
     assert first.refresh_token is not None
     child = client.refresh_session(first.refresh_token.value)
@@ -78,7 +90,10 @@ def test_first_use_of_child_token_promotes(client: sessiond.SessionClient) -> No
         client.refresh_session(first.refresh_token.value)
 
 
-def test_replayed_refresh_token_is_theft(client: sessiond.SessionClient) -> None:
+def test_replayed_refresh_token_is_theft(
+    strict_client: sessiond.SessionClient,
+) -> None:
+    client = strict_client
     first = client.create_new_session("user-5")
     assert first.refresh_token is not None
     second = client.refresh_session(first.refresh_token.value)
@@ -210,3 +225,51 @@ def test_module_level_calls_share_one_client(daemon: DaemonProcess) -> None:
 def test_sigterm_exits_zero(daemon: DaemonProcess) -> None:
     assert daemon.stop() == 0
     assert "stopped" in daemon.log()
+
+
+def test_grace_accepts_recent_parent(client: sessiond.SessionClient) -> None:
+    first = client.create_new_session("user-13")
+    assert first.refresh_token is not None
+    second = client.refresh_session(first.refresh_token.value)
+    assert second.refresh_token is not None
+    third = client.refresh_session(second.refresh_token.value)
+    assert third.refresh_token is not None
+
+    # A retry with the token that was replaced a moment ago is not theft.
+    retried = client.refresh_session(first.refresh_token.value)
+    assert retried.handle == first.handle
+    assert client.get_all_session_handles_for_user("user-13") == [first.handle]
+
+
+@pytest.mark.parametrize("kept", ["first", "last"])
+def test_grace_either_response_kept(
+    start_daemon: Callable[..., DaemonProcess], database_url: str, kept: str
+) -> None:
+    daemon = start_daemon(database_url, refresh_grace_period_s=2)
+    with daemon.client() as client:
+        session = client.create_new_session("user-14")
+        assert session.refresh_token is not None
+        responses = [
+            client.refresh_session(session.refresh_token.value) for _ in range(2)
+        ]
+        # Each response is used once, as two tabs would, and then only the
+        # kept one goes on.
+        for response in responses:
+            assert response.access_token is not None
+            assert response.anti_csrf_token is not None
+            client.get_session(
+                response.access_token.value, response.anti_csrf_token.value
+            )
+        chosen = responses[0] if kept == "first" else responses[1]
+        other = responses[1] if kept == "first" else responses[0]
+        assert chosen.refresh_token is not None and other.refresh_token is not None
+
+        rotated = client.refresh_session(chosen.refresh_token.value)
+        assert rotated.access_token is not None and rotated.anti_csrf_token is not None
+        client.get_session(rotated.access_token.value, rotated.anti_csrf_token.value)
+        assert client.get_all_session_handles_for_user("user-14") == [session.handle]
+
+        # Past the grace period the abandoned branch is a replay.
+        time.sleep(2.2)
+        with pytest.raises(sessiond.TokenTheftDetectedError):
+            client.refresh_session(other.refresh_token.value)

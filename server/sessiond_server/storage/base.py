@@ -23,7 +23,8 @@ Cursor = Any
 
 _SESSION_COLUMNS = (
     "session_handle, user_id, refresh_token_hash2, access_token_payload, "
-    "session_data, data_version, created_at_ms, expires_at_ms"
+    "session_data, data_version, created_at_ms, expires_at_ms, "
+    "previous_refresh_token_hash2, refresh_token_changed_at_ms"
 )
 
 
@@ -39,6 +40,10 @@ class SessionRecord:
     data_version: int
     created_at_ms: int
     expires_at_ms: int
+    # The stored refresh token this one replaced, and when: a replay of it,
+    # or of a child of it, within the grace period is not theft.
+    previous_refresh_token_hash2: bytes | None = None
+    refresh_token_changed_at_ms: int = 0
 
 
 class Rotation(enum.Enum):
@@ -46,6 +51,7 @@ class Rotation(enum.Enum):
 
     CURRENT = "current"  # the stored token itself
     PROMOTED = "promoted"  # a child of the stored token, now stored in its place
+    GRACE = "grace"  # the token the stored one replaced, or a child of it, used in the grace period
     THEFT = "theft"  # neither: the session was deleted
     NOT_FOUND = "not_found"  # no live session with that handle
 
@@ -65,6 +71,25 @@ class SigningKeyRecord:
     signs_until_ms: int
 
 
+def _classify(
+    session: SessionRecord,
+    token_hash2: bytes,
+    parent_hash2: bytes | None,
+    now_ms: int,
+    grace_ms: int,
+) -> Rotation:
+    """Decide how a presented refresh token relates to the stored one."""
+    if session.refresh_token_hash2 == token_hash2:
+        return Rotation.CURRENT
+    if parent_hash2 is not None and session.refresh_token_hash2 == parent_hash2:
+        return Rotation.PROMOTED
+    previous = session.previous_refresh_token_hash2
+    in_grace = now_ms - session.refresh_token_changed_at_ms <= grace_ms
+    if previous is not None and in_grace and previous in (token_hash2, parent_hash2):
+        return Rotation.GRACE
+    return Rotation.THEFT
+
+
 def _session_from_row(row: Sequence[Any]) -> SessionRecord:
     return SessionRecord(
         session_handle=row[0],
@@ -75,6 +100,8 @@ def _session_from_row(row: Sequence[Any]) -> SessionRecord:
         data_version=int(row[5]),
         created_at_ms=int(row[6]),
         expires_at_ms=int(row[7]),
+        previous_refresh_token_hash2=None if row[8] is None else bytes(row[8]),
+        refresh_token_changed_at_ms=int(row[9]),
     )
 
 
@@ -178,7 +205,8 @@ class Storage(abc.ABC):
         def work(cursor: Cursor) -> None:
             self._execute(
                 cursor,
-                f"INSERT INTO sessiond_sessions ({_SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO sessiond_sessions ({_SESSION_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     record.session_handle,
                     record.user_id.encode("utf-8"),
@@ -188,6 +216,8 @@ class Storage(abc.ABC):
                     record.data_version,
                     record.created_at_ms,
                     record.expires_at_ms,
+                    record.previous_refresh_token_hash2,
+                    record.refresh_token_changed_at_ms,
                 ),
             )
 
@@ -215,67 +245,96 @@ class Storage(abc.ABC):
         parent_hash2: bytes | None,
         now_ms: int,
         expires_at_ms: int,
+        grace_ms: int,
     ) -> RotationResult:
         """Check a refresh token against the stored one and slide the expiry.
 
-        A child of the stored token replaces it. A token that is neither the
-        stored one nor its child deletes the session (theft).
+        A child of the stored token replaces it. Inside the grace period, the
+        token the stored one replaced is accepted, and a child of that token
+        (a sibling of the stored one) becomes the stored token. Anything else
+        deletes the session (theft).
         """
 
         def work(cursor: Cursor) -> RotationResult:
             session = self._lock_session(cursor, handle, now_ms)
             if session is None:
                 return RotationResult(Rotation.NOT_FOUND, None)
-            if session.refresh_token_hash2 == token_hash2:
-                outcome = Rotation.CURRENT
-            elif (
-                parent_hash2 is not None and session.refresh_token_hash2 == parent_hash2
-            ):
-                outcome = Rotation.PROMOTED
-            else:
+            outcome = _classify(session, token_hash2, parent_hash2, now_ms, grace_ms)
+            if outcome is Rotation.THEFT:
                 self._execute(
                     cursor,
                     "DELETE FROM sessiond_sessions WHERE session_handle = ?",
                     (handle,),
                 )
-                return RotationResult(Rotation.THEFT, session)
+                return RotationResult(outcome, session)
+            self._store_refresh_token(cursor, session, outcome, token_hash2, now_ms)
             self._execute(
                 cursor,
-                "UPDATE sessiond_sessions SET refresh_token_hash2 = ?, expires_at_ms = ? "
-                "WHERE session_handle = ?",
-                (token_hash2, expires_at_ms, handle),
+                "UPDATE sessiond_sessions SET expires_at_ms = ? WHERE session_handle = ?",
+                (expires_at_ms, handle),
             )
             return RotationResult(outcome, session)
 
         return self._write(work)
 
     def promote_refresh_token(
-        self, handle: str, parent_hash2: bytes, token_hash2: bytes, now_ms: int
+        self,
+        handle: str,
+        parent_hash2: bytes,
+        token_hash2: bytes,
+        now_ms: int,
+        grace_ms: int,
     ) -> RotationResult:
-        """Store a child refresh token in place of its parent, if the parent is stored.
+        """Store a child refresh token in place of its parent, on first use of its access token.
 
-        Returns CURRENT when the child was already stored, PROMOTED when it
-        replaced its parent, THEFT when the stored token is neither (the
-        session is left alone: an access token alone never proves theft), and
-        NOT_FOUND for no live session.
+        The outcomes are those of rotate_refresh_token, except that THEFT
+        leaves the session alone: an access token alone never proves theft.
         """
 
         def work(cursor: Cursor) -> RotationResult:
             session = self._lock_session(cursor, handle, now_ms)
             if session is None:
                 return RotationResult(Rotation.NOT_FOUND, None)
-            if session.refresh_token_hash2 == token_hash2:
-                return RotationResult(Rotation.CURRENT, session)
-            if session.refresh_token_hash2 != parent_hash2:
-                return RotationResult(Rotation.THEFT, session)
+            outcome = _classify(session, token_hash2, parent_hash2, now_ms, grace_ms)
+            if outcome is not Rotation.THEFT:
+                self._store_refresh_token(cursor, session, outcome, token_hash2, now_ms)
+            return RotationResult(outcome, session)
+
+        return self._write(work)
+
+    def _store_refresh_token(
+        self,
+        cursor: Cursor,
+        session: SessionRecord,
+        outcome: Rotation,
+        token_hash2: bytes,
+        now_ms: int,
+    ) -> None:
+        if outcome is Rotation.PROMOTED:
+            self._execute(
+                cursor,
+                "UPDATE sessiond_sessions SET refresh_token_hash2 = ?, "
+                "previous_refresh_token_hash2 = ?, refresh_token_changed_at_ms = ? "
+                "WHERE session_handle = ?",
+                (
+                    token_hash2,
+                    session.refresh_token_hash2,
+                    now_ms,
+                    session.session_handle,
+                ),
+            )
+        elif (
+            outcome is Rotation.GRACE
+            and token_hash2 != session.previous_refresh_token_hash2
+        ):
+            # A sibling of the stored token: the client kept the other
+            # response of a concurrent refresh, so its branch becomes the
+            # stored one.
             self._execute(
                 cursor,
                 "UPDATE sessiond_sessions SET refresh_token_hash2 = ? WHERE session_handle = ?",
-                (token_hash2, handle),
+                (token_hash2, session.session_handle),
             )
-            return RotationResult(Rotation.PROMOTED, session)
-
-        return self._write(work)
 
     def _lock_session(
         self, cursor: Cursor, handle: str, now_ms: int
