@@ -70,8 +70,16 @@ class DaemonProcess:
     file so tests can read it; stdout carries the listen address.
     """
 
-    def __init__(self, database_url: str, log_path: Path, **settings: Any) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        log_path: Path,
+        *,
+        env: dict[str, str] | None = None,
+        **settings: Any,
+    ) -> None:
         self.database_url = database_url
+        self.env = env
         self.log_path = log_path
         self.settings = settings
         self.process: subprocess.Popen[str] | None = None
@@ -92,8 +100,9 @@ class DaemonProcess:
             text = str(value).lower() if isinstance(value, bool) else str(value)
             args += ["--" + name.replace("_", "-"), text]
         log = open(self.log_path, "a")  # noqa: SIM115 - closed with the process
+        env = None if self.env is None else {**os.environ, **self.env}
         self.process = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=log, text=True
+            args, stdout=subprocess.PIPE, stderr=log, text=True, env=env
         )
         log.close()
         self.address = self._read_address()

@@ -15,7 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from sessiond.v1 import session_pb2, session_pb2_grpc
 
-from . import clock, transport
+from . import clock, systemd, transport
 from .config import Config
 from .keys import KeyManager
 from .migrations import LATEST_VERSION
@@ -33,6 +33,7 @@ CLEANUP_BATCH_SIZE = 1000
 # Every replica reloads keys this often, so one picks up a key another
 # replica created (by rotation) within this bound.
 KEY_RELOAD_INTERVAL_S = 60.0
+HEALTH_CHECK_INTERVAL_S = 2.0
 
 
 def max_message_bytes(config: Config) -> int:
@@ -82,6 +83,7 @@ class Daemon:
     health: health.HealthServicer
     address: str
     _stop: threading.Event
+    _serving: bool = False
 
     @classmethod
     def start(cls, config: Config) -> Daemon:
@@ -130,20 +132,24 @@ class Daemon:
         address = transport.bind(server, config)
         server.start()
         transport.set_socket_mode(config)
-        for service in ("", SERVICE_NAME):
-            health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
         daemon = cls(
             config, storage, keys, server, health_servicer, address, threading.Event()
         )
+        daemon._set_serving(True)
         daemon._start_jobs()
         logger.info("listening address=%s", address)
+        systemd.notify(f"READY=1\nSTATUS=listening on {address}")
         return daemon
 
     def _start_jobs(self) -> None:
-        jobs = (
+        jobs = [
             ("key-reload", KEY_RELOAD_INTERVAL_S, self._reload_keys),
             ("cleanup", float(self.config.cleanup_interval_s), self._cleanup),
-        )
+            ("health", HEALTH_CHECK_INTERVAL_S, self._check_health),
+        ]
+        watchdog_s = systemd.watchdog_interval_s()
+        if watchdog_s is not None:
+            jobs.append(("watchdog", watchdog_s, self._ping_watchdog))
         for name, interval, job in jobs:
             threading.Thread(
                 target=self._every, args=(interval, job), name=name, daemon=True
@@ -161,6 +167,34 @@ class Daemon:
     def _reload_keys(self) -> None:
         self.keys.reload()
 
+    def _check_health(self) -> None:
+        """Report NOT_SERVING while the database does not answer, and SERVING again once it does."""
+        try:
+            self.storage.ping()
+            serving = True
+        except Exception as exc:
+            serving = False
+            if self._serving:
+                logger.warning(
+                    "database unreachable, health set to NOT_SERVING error=%s", exc
+                )
+        if serving and not self._serving:
+            logger.info("database reachable again, health set to SERVING")
+        self._set_serving(serving)
+
+    def _set_serving(self, serving: bool) -> None:
+        self._serving = serving
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in ("", SERVICE_NAME):
+            self.health.set(service, status)
+
+    def _ping_watchdog(self) -> None:
+        systemd.notify("WATCHDOG=1")
+
     def _cleanup(self) -> None:
         """Delete expired sessions in small batches, so no batch holds locks for long."""
         total = 0
@@ -173,6 +207,9 @@ class Daemon:
                 break
         if total:
             logger.info("expired sessions deleted count=%d", total)
+        retired = self.keys.delete_retired()
+        if retired:
+            logger.info("retired signing keys deleted count=%d", retired)
 
     def stop(self, grace_s: float | None = None) -> None:
         """Stop accepting calls, let running ones finish within the grace period, close the pool."""
@@ -180,6 +217,7 @@ class Daemon:
             "stopping grace_s=%s",
             self.config.shutdown_grace_s if grace_s is None else grace_s,
         )
+        systemd.notify("STOPPING=1")
         self._stop.set()
         self.health.enter_graceful_shutdown()
         self.server.stop(

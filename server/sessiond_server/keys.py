@@ -203,6 +203,10 @@ class KeyManager:
                 self._reload_locked()
         return self._keys.get(kid)
 
+    def delete_retired(self) -> int:
+        """Delete keys that can no longer verify any live token; return how many."""
+        return self._storage.delete_signing_keys(self._clock() - self._verify_window_ms)
+
     def loaded(self) -> list[SigningKey]:
         """Return the keys in memory, oldest first."""
         return sorted(self._keys.values(), key=lambda key: key.created_at_ms)
