@@ -6,9 +6,6 @@ from typing import Any
 
 import pymysql
 import pytest
-import sessiond
-from sessiond_server import clock
-from sessiond_server.storage import Storage, open_storage
 from sessiond_testing import (
     IN_CI,
     MYSQL_URL,
@@ -16,6 +13,10 @@ from sessiond_testing import (
     mysql_connect,
     private_mysql_database,
 )
+
+import sessiond
+from sessiond_server import clock
+from sessiond_server.storage import Storage, open_storage
 
 BACKENDS = ["sqlite", pytest.param("mysql", marks=pytest.mark.mysql)]
 

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pymysql
+
 import sessiond
 
 MYSQL_URL = os.environ.get(

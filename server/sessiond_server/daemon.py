@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
 from sessiond.v1 import session_pb2, session_pb2_grpc
 
 from . import clock, systemd, transport

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import grpc
+
 from sessiond.v1 import session_pb2 as pb
 from sessiond.v1 import session_pb2_grpc
 

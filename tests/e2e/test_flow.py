@@ -9,8 +9,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import sessiond
 from sessiond_testing import DaemonProcess
+
+import sessiond
 
 
 def decode_claims(token: str) -> dict[str, Any]:
