@@ -130,13 +130,21 @@ class Config:
             "api_keys_file",
         ):
             path = getattr(self, name)
-            if path and not os.access(path, os.R_OK):
-                raise ConfigError(f"{name}: {path} does not exist or is not readable")
+            if path and not (os.path.isfile(path) and os.access(path, os.R_OK)):
+                raise ConfigError(
+                    f"{name}: {path} does not exist, is not a regular file or is not readable"
+                )
         if re.fullmatch(r"0?[0-7]{3}", self.unix_socket_mode) is None:
             raise ConfigError(
                 f"unix_socket_mode: {self.unix_socket_mode!r} is not an octal file mode such as 0660"
             )
-        for key in self.api_key_list():
+        try:
+            keys = self.api_key_list()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(
+                f"api_keys_file: {self.api_keys_file} cannot be read as UTF-8 text: {exc}"
+            ) from None
+        for key in keys:
             if len(key) < MIN_API_KEY_CHARS:
                 raise ConfigError(
                     f"api_keys: every API key needs at least {MIN_API_KEY_CHARS} characters"
