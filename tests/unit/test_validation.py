@@ -1,0 +1,247 @@
+"""Tests of the input checks: user ids, session handles, JSON text and payloads.
+
+Every rejection must be an InvalidArgumentError whose ``field`` names the
+input, because callers read that attribute to find what to fix.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sessiond_server.errors import InvalidArgumentError
+from sessiond_server.validation import (
+    MAX_USER_ID_BYTES,
+    RESERVED_CLAIMS,
+    check_handle,
+    check_user_id,
+    dump_json,
+    parse_json,
+    parse_payload,
+)
+
+LARGE = 10 * 1024 * 1024
+
+
+# -- user ids -----------------------------------------------------------------
+
+
+def test_user_id_empty_rejected() -> None:
+    with pytest.raises(InvalidArgumentError) as raised:
+        check_user_id("")
+
+    assert raised.value.field == "user_id"
+
+
+def test_user_id_custom_field_named() -> None:
+    with pytest.raises(InvalidArgumentError) as raised:
+        check_user_id("", field="owner")
+
+    assert raised.value.field == "owner"
+
+
+def test_user_id_one_character_accepted() -> None:
+    assert check_user_id("1") == "1"
+
+
+def test_user_id_255_bytes_accepted() -> None:
+    # "é" is two bytes of UTF-8, so 127 of them and one "a" make 255 bytes.
+    user_id = "é" * 127 + "a"
+    assert len(user_id.encode("utf-8")) == MAX_USER_ID_BYTES
+
+    assert check_user_id(user_id) == user_id
+
+
+def test_user_id_256_bytes_rejected() -> None:
+    # 128 characters is far below 255, but 256 bytes of UTF-8.
+    user_id = "é" * 128
+    assert len(user_id.encode("utf-8")) == MAX_USER_ID_BYTES + 1
+
+    with pytest.raises(InvalidArgumentError) as raised:
+        check_user_id(user_id)
+
+    assert raised.value.field == "user_id"
+
+
+def test_user_id_four_byte_characters() -> None:
+    # "😀" is four bytes of UTF-8: 63 of them and three "a" are 255 bytes.
+    accepted = "😀" * 63 + "aaa"
+    rejected = "😀" * 64
+
+    assert check_user_id(accepted) == accepted
+    with pytest.raises(InvalidArgumentError) as raised:
+        check_user_id(rejected)
+    assert raised.value.field == "user_id"
+
+
+def test_user_id_lone_surrogate_rejected() -> None:
+    with pytest.raises(InvalidArgumentError) as raised:
+        check_user_id("bob\ud800")
+
+    assert raised.value.field == "user_id"
+
+
+# -- session handles ----------------------------------------------------------
+
+
+def test_handle_uuid4_accepted() -> None:
+    handle = str(uuid.uuid4())
+
+    assert check_handle(handle) == handle
+
+
+BAD_HANDLES = [
+    pytest.param(str(uuid.uuid4()).upper(), id="uppercase"),
+    pytest.param(str(uuid.uuid1()), id="version-1"),
+    pytest.param(str(uuid.UUID(int=0)), id="nil"),
+    pytest.param(str(uuid.uuid4())[:-1], id="too-short"),
+    pytest.param(str(uuid.uuid4()) + "0", id="too-long"),
+    pytest.param(uuid.uuid4().hex, id="no-dashes"),
+    pytest.param("{" + str(uuid.uuid4()) + "}", id="braces"),
+    pytest.param(str(uuid.uuid4()) + "\n", id="trailing-newline"),
+    pytest.param("' OR '1'='1", id="sql-text"),
+    pytest.param("", id="empty"),
+]
+
+
+@pytest.mark.parametrize("handle", BAD_HANDLES)
+def test_handle_bad_form_rejected(handle: str) -> None:
+    with pytest.raises(InvalidArgumentError) as raised:
+        check_handle(handle)
+
+    assert raised.value.field == "session_handle"
+
+
+def test_handle_custom_field_named() -> None:
+    with pytest.raises(InvalidArgumentError) as raised:
+        check_handle("x", field="session_handles[3]")
+
+    assert raised.value.field == "session_handles[3]"
+
+
+# -- parse_json ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["NaN", "Infinity", "-Infinity", "[NaN]", '{"a": Infinity}', "1e400", "-1e400"],
+)
+def test_parse_json_non_finite_rejected(text: str) -> None:
+    with pytest.raises(InvalidArgumentError) as raised:
+        parse_json(text, "session_data", LARGE)
+
+    assert raised.value.field == "session_data"
+
+
+@pytest.mark.parametrize("text", ["", "{", "[1,]", "{'a': 1}", "undefined", "1 2"])
+def test_parse_json_malformed_rejected(text: str) -> None:
+    with pytest.raises(InvalidArgumentError) as raised:
+        parse_json(text, "session_data", LARGE)
+
+    assert raised.value.field == "session_data"
+
+
+def test_parse_json_big_integers_exact() -> None:
+    big = 2**64 + 1
+    huge = -(10**40) - 7
+
+    parsed = parse_json(f"[{big}, {huge}]", "session_data", LARGE)
+
+    assert parsed == [big, huge]
+    assert dump_json(parsed) == f"[{big},{huge}]"
+
+
+def test_parse_json_limit_counts_utf8_bytes() -> None:
+    # Five characters, but each "é" is two bytes: 8 bytes in all.
+    text = '"ééé"'
+
+    assert parse_json(text, "session_data", 8) == "ééé"
+    with pytest.raises(InvalidArgumentError) as raised:
+        parse_json(text, "session_data", 7)
+    assert raised.value.field == "session_data"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("[" * 100_000, id="open-arrays"),
+        pytest.param("{" + '"a":{' * 100_000, id="open-objects"),
+        pytest.param("[" * 100_000 + "]" * 100_000, id="closed-arrays"),
+    ],
+)
+def test_parse_json_deep_nesting_rejected(text: str) -> None:
+    # An escaped RecursionError would reach the caller as a GeneralError, so
+    # parse_json must turn it into InvalidArgumentError.
+    with pytest.raises(InvalidArgumentError) as raised:
+        parse_json(text, "session_data", LARGE)
+
+    assert raised.value.field == "session_data"
+
+
+# -- parse_payload ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["[]", "null", "1", '"text"', "true", "[{}]"])
+def test_payload_non_object_rejected(text: str) -> None:
+    with pytest.raises(InvalidArgumentError) as raised:
+        parse_payload(text, "access_token_payload", LARGE)
+
+    assert raised.value.field == "access_token_payload"
+
+
+@pytest.mark.parametrize("claim", sorted(RESERVED_CLAIMS))
+def test_payload_reserved_claim_rejected(claim: str) -> None:
+    text = json.dumps({"role": "reader", claim: "x"})
+
+    with pytest.raises(InvalidArgumentError) as raised:
+        parse_payload(text, "access_token_payload", LARGE)
+
+    assert raised.value.field == "access_token_payload"
+    assert claim in raised.value.message
+
+
+def test_payload_nested_reserved_name_accepted() -> None:
+    # Only top-level names become claims, so a nested "sub" is harmless.
+    payload = parse_payload('{"profile": {"sub": "x"}}', "p", LARGE)
+
+    assert payload == {"profile": {"sub": "x"}}
+
+
+def test_payload_over_limit_rejected() -> None:
+    with pytest.raises(InvalidArgumentError) as raised:
+        parse_payload('{"a": "bcd"}', "access_token_payload", 5)
+
+    assert raised.value.field == "access_token_payload"
+
+
+# -- round trip ---------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: st.lists(children) | st.dictionaries(st.text(), children),
+    max_leaves=30,
+)
+
+
+def assert_same_json(actual: Any, expected: Any) -> None:
+    assert actual == expected
+    # == treats -0.0 and 0.0 (and 1 and 1.0) as equal, but the JSON text
+    # distinguishes them.
+    assert json.dumps(actual) == json.dumps(expected)
+
+
+@settings(max_examples=200, deadline=None)
+@given(json_values)
+def test_json_round_trip_unchanged(value: Any) -> None:
+    text = dump_json(value)
+
+    assert_same_json(parse_json(text, "session_data", LARGE), value)
