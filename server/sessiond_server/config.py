@@ -64,6 +64,8 @@ class Config:
     tls_key_file: str = ""
     tls_client_ca_file: str = ""
     unix_socket_mode: str = "0660"
+    key_encryption_key: str = field(default="", repr=False)
+    key_encryption_key_file: str = ""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -128,6 +130,7 @@ class Config:
             "tls_key_file",
             "tls_client_ca_file",
             "api_keys_file",
+            "key_encryption_key_file",
         ):
             path = getattr(self, name)
             if path and not (os.path.isfile(path) and os.access(path, os.R_OK)):
@@ -139,6 +142,12 @@ class Config:
                 f"unix_socket_mode: {self.unix_socket_mode!r} is not an octal file mode such as 0660"
             )
         try:
+            self.key_encryption_key_bytes()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(
+                f"key_encryption_key_file: {self.key_encryption_key_file} cannot be read: {exc}"
+            ) from None
+        try:
             keys = self.api_key_list()
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(
@@ -149,6 +158,29 @@ class Config:
                 raise ConfigError(
                     f"api_keys: every API key needs at least {MIN_API_KEY_CHARS} characters"
                 )
+
+    def key_encryption_key_bytes(self) -> bytes | None:
+        """Return the 32-byte key-encryption key, or None when none is configured.
+
+        The key is 64 hex digits, given inline or as the first line of a file.
+        """
+        text = self.key_encryption_key
+        if self.key_encryption_key_file:
+            with open(self.key_encryption_key_file, encoding="utf-8") as file:
+                text = file.readline()
+        text = text.strip()
+        if not text:
+            return None
+        try:
+            key = bytes.fromhex(text)
+        except ValueError:
+            key = b""
+        if len(key) != 32:
+            raise ConfigError(
+                "key_encryption_key: must be 64 hex digits (32 bytes); "
+                "generate one with: python3 -c 'import secrets; print(secrets.token_hex(32))'"
+            )
+        return key
 
     def api_key_list(self) -> list[str]:
         """Return the API keys from api_keys (comma-separated) and api_keys_file (one per line)."""
@@ -166,6 +198,7 @@ class Config:
         values = dataclasses.asdict(self)
         values["database_url"] = redact_url(self.database_url)
         values["api_keys"] = "***" if self.api_keys else ""
+        values["key_encryption_key"] = "***" if self.key_encryption_key else ""
         return values
 
 
