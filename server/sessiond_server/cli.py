@@ -15,6 +15,7 @@ from .config import Config, ConfigError, load_config
 from .daemon import Daemon, open_and_migrate
 from .errors import SessiondError
 from .keys import KeyManager
+from .sealing import UnsealError
 from .storage import open_storage
 from .transport import StartError
 
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "keys":
             return _keys(config, args.action)
         return _serve(config)
-    except (StartError, SessiondError) as exc:
+    except (StartError, SessiondError, UnsealError) as exc:
         print(f"sessiond: cannot start: {exc}", file=sys.stderr)
         return 1
 

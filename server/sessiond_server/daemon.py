@@ -20,6 +20,7 @@ from . import clock, systemd, transport
 from .config import Config
 from .keys import KeyManager
 from .migrations import LATEST_VERSION
+from .sealing import Sealer, UnsealError
 from .service import SessionServicer
 from .sessions import REFRESH_SECRET_NAME, SessionManager
 from .storage import Storage, open_storage
@@ -97,11 +98,24 @@ class Daemon:
 
     @classmethod
     def _start(cls, config: Config, storage: Storage) -> Daemon:
+        sealer = Sealer(config.key_encryption_key_bytes())
+        if not sealer.enabled:
+            logger.warning(
+                "signing keys and the refresh token secret are stored in the clear; "
+                "set key_encryption_key_file to encrypt them"
+            )
         keys = KeyManager.for_config(config, storage)
-        keys.reload()
-        secret = storage.get_or_create_secret(
-            REFRESH_SECRET_NAME, secrets.token_bytes(32), clock.now_ms()
-        )
+        try:
+            keys.reload()
+            context = f"secret {REFRESH_SECRET_NAME}"
+            stored = storage.get_or_create_secret(
+                REFRESH_SECRET_NAME,
+                sealer.seal(secrets.token_bytes(32), context),
+                clock.now_ms(),
+            )
+            secret = sealer.open(stored, context)
+        except UnsealError as exc:
+            raise StartError(str(exc)) from None
         sessions = SessionManager(
             config, storage, keys, RefreshTokenCodec(secret), clock.now_ms
         )

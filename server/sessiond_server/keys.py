@@ -21,6 +21,7 @@ from jwt.algorithms import get_default_algorithms
 
 from . import clock
 from .config import Config
+from .sealing import Sealer
 from .storage import SigningKeyRecord, Storage
 
 logger = logging.getLogger(__name__)
@@ -59,10 +60,9 @@ def generate_private_key(algorithm: str) -> Any:
     raise ValueError(f"unsupported signing algorithm {algorithm!r}")
 
 
-def _load(record: SigningKeyRecord) -> SigningKey:
-    private_key = serialization.load_pem_private_key(
-        record.private_key_pem, password=None
-    )
+def _load(record: SigningKeyRecord, sealer: Sealer) -> SigningKey:
+    pem = sealer.open(record.private_key_pem, f"signing key {record.kid}")
+    private_key = serialization.load_pem_private_key(pem, password=None)
     return SigningKey(
         kid=record.kid,
         algorithm=record.algorithm,
@@ -84,8 +84,10 @@ class KeyManager:
         rotation_interval_s: int,
         verify_window_s: int,
         clock: Callable[[], int],
+        sealer: Sealer | None = None,
     ) -> None:
         self._storage = storage
+        self._sealer = sealer or Sealer(None)
         self._algorithm = algorithm
         self._rotation_interval_ms = rotation_interval_s * 1000
         # How long after it stops signing a key still verifies: the longest
@@ -106,6 +108,7 @@ class KeyManager:
             rotation_interval_s=config.key_rotation_interval_s,
             verify_window_s=config.access_token_validity_s + config.clock_skew_leeway_s,
             clock=clock.now_ms,
+            sealer=Sealer(config.key_encryption_key_bytes()),
         )
 
     def _make_record(self, now_ms: int) -> SigningKeyRecord:
@@ -115,10 +118,11 @@ class KeyManager:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
+        kid = secrets.token_urlsafe(12)
         return SigningKeyRecord(
-            kid=secrets.token_urlsafe(12),
+            kid=kid,
             algorithm=self._algorithm,
-            private_key_pem=pem,
+            private_key_pem=self._sealer.seal(pem, f"signing key {kid}"),
             created_at_ms=now_ms,
             signs_until_ms=now_ms + self._rotation_interval_ms,
         )
@@ -143,13 +147,13 @@ class KeyManager:
                 )
             records = self._storage.load_signing_keys(now - self._verify_window_ms)
         keys = {
-            record.kid: self._keys.get(record.kid) or _load(record)
+            record.kid: self._keys.get(record.kid) or _load(record, self._sealer)
             for record in records
         }
         # Signing keys whose signs_until changed (forced rotation) must be reloaded.
         for record in records:
             if keys[record.kid].signs_until_ms != record.signs_until_ms:
-                keys[record.kid] = _load(record)
+                keys[record.kid] = _load(record, self._sealer)
         signers = [key for key in keys.values() if key.signs_until_ms > now]
         self._keys = keys
         self._signing = (
