@@ -22,6 +22,7 @@ ENV_PREFIX = "SESSIOND_"
 MIN_API_KEY_CHARS = 16
 SIGNING_ALGORITHMS = ("EdDSA", "ES256", "RS256")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
 # Ten years: long enough for any real token lifetime, and far from the
 # 64-bit millisecond limit, so no expiry computation can wrap.
 MAX_VALIDITY_S = 10 * 365 * 24 * 3600
@@ -66,6 +67,8 @@ class Config:
     unix_socket_mode: str = "0660"
     key_encryption_key: str = field(default="", repr=False)
     key_encryption_key_file: str = ""
+    metrics_listen: str = ""
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -110,6 +113,12 @@ class Config:
             raise ConfigError(
                 f"log_level: {self.log_level!r} is not a level; use one of {', '.join(LOG_LEVELS)}"
             )
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(
+                f"log_format: {self.log_format!r} is not a format; use one of {', '.join(LOG_FORMATS)}"
+            )
+        if self.metrics_listen:
+            _check_listen(self.metrics_listen, "metrics_listen", unix=False)
         if not self.issuer:
             raise ConfigError("issuer: must not be empty")
         _check_listen(self.listen)
@@ -229,17 +238,18 @@ def _check_range(name: str, value: float, low: float, high: float) -> None:
         )
 
 
-def _check_listen(listen: str) -> None:
-    if listen.startswith("unix:"):
+def _check_listen(listen: str, name: str = "listen", *, unix: bool = True) -> None:
+    if unix and listen.startswith("unix:"):
         if len(listen) <= len("unix:"):
             raise ConfigError(
-                "listen: unix: needs a socket path, for example unix:/run/sessiond.sock"
+                f"{name}: unix: needs a socket path, for example unix:/run/sessiond.sock"
             )
         return
     match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+):(\d{1,5})", listen)
     if match is None or int(match.group(2)) > 65535:
+        expected = "HOST:PORT or unix:PATH" if unix else "HOST:PORT"
         raise ConfigError(
-            f"listen: {listen!r} is not HOST:PORT or unix:PATH; for example 127.0.0.1:50051"
+            f"{name}: {listen!r} is not {expected}; for example 127.0.0.1:50051"
         )
 
 

@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import prometheus_client
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sessiond.v1 import session_pb2, session_pb2_grpc
 
-from . import clock, systemd, transport
+from . import clock, metrics, systemd, transport
 from .config import Config
 from .keys import KeyManager
 from .migrations import LATEST_VERSION
@@ -47,11 +48,32 @@ def max_message_bytes(config: Config) -> int:
 
 
 def _interceptors(config: Config) -> list[grpc.ServerInterceptor[Any, Any]]:
+    # The metrics interceptor runs first, so rejected calls are counted too.
+    interceptors: list[grpc.ServerInterceptor[Any, Any]] = [
+        metrics.MetricsInterceptor()
+    ]
     keys = config.api_key_list()
-    if not keys:
-        return []
-    logger.info("API keys required count=%d", len(keys))
-    return [transport.ApiKeyInterceptor(keys)]
+    if keys:
+        logger.info("API keys required count=%d", len(keys))
+        interceptors.append(transport.ApiKeyInterceptor(keys))
+    return interceptors
+
+
+def _start_metrics_server(config: Config) -> Any:
+    """Serve /metrics on metrics_listen; return the HTTP server, or None when off."""
+    if not config.metrics_listen:
+        return None
+    host, port = config.metrics_listen.rsplit(":", 1)
+    try:
+        server, _thread = prometheus_client.start_http_server(
+            int(port), addr=host.strip("[]"), registry=metrics.REGISTRY
+        )
+    except OSError as exc:
+        raise StartError(
+            f"metrics_listen: cannot bind {config.metrics_listen}: {exc.strerror}"
+        ) from None
+    logger.info("metrics listening address=%s:%d", host, server.server_port)
+    return server
 
 
 def open_and_migrate(config: Config) -> Storage:
@@ -86,6 +108,7 @@ class Daemon:
     address: str
     _stop: threading.Event
     _serving: bool = False
+    _metrics_server: Any = None
 
     @classmethod
     def start(cls, config: Config) -> Daemon:
@@ -144,12 +167,19 @@ class Daemon:
             ),
             server,
         )
-        address = transport.bind(server, config)
+        metrics_server = _start_metrics_server(config)
+        try:
+            address = transport.bind(server, config)
+        except StartError:
+            if metrics_server is not None:
+                metrics_server.shutdown()
+            raise
         server.start()
         transport.set_socket_mode(config)
         daemon = cls(
             config, storage, keys, server, health_servicer, address, threading.Event()
         )
+        daemon._metrics_server = metrics_server
         daemon._set_serving(True)
         daemon._start_jobs()
         logger.info("listening address=%s", address)
@@ -221,6 +251,7 @@ class Daemon:
             if deleted < CLEANUP_BATCH_SIZE:
                 break
         if total:
+            metrics.EXPIRED_SESSIONS_DELETED.inc(total)
             logger.info("expired sessions deleted count=%d", total)
         retired = self.keys.delete_retired()
         if retired:
@@ -238,6 +269,8 @@ class Daemon:
         self.server.stop(
             self.config.shutdown_grace_s if grace_s is None else grace_s
         ).wait()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
         self.storage.close()
         logger.info("stopped")
 

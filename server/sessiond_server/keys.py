@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import get_default_algorithms
 
-from . import clock
+from . import clock, metrics
 from .config import Config
 from .sealing import Sealer
 from .storage import SigningKeyRecord, Storage
@@ -140,6 +140,7 @@ class KeyManager:
                 self._make_record, now, force=False
             )
             if created is not None:
+                metrics.KEY_ROTATIONS.inc()
                 logger.info(
                     "signing key created kid=%s algorithm=%s",
                     created.kid,
@@ -168,6 +169,7 @@ class KeyManager:
                 self._make_record, self._clock(), force=True
             )
             if created is not None:
+                metrics.KEY_ROTATIONS.inc()
                 logger.info(
                     "signing key rotated kid=%s algorithm=%s",
                     created.kid,

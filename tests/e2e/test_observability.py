@@ -1,0 +1,96 @@
+"""Prometheus metrics and JSON logs of a real daemon."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from sessiond_testing import DaemonProcess
+
+import sessiond
+
+
+def _metrics_address(daemon: DaemonProcess) -> str:
+    match = re.search(r"metrics listening address=(\S+)", daemon.log())
+    assert match is not None, daemon.log()
+    return match.group(1)
+
+
+def _scrape(address: str) -> str:
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as response:
+        text: str = response.read().decode()
+    return text
+
+
+def _value(text: str, sample: str) -> float:
+    match = re.search(rf"^{re.escape(sample)} (\S+)$", text, re.MULTILINE)
+    assert match is not None, f"{sample} missing from the scrape"
+    return float(match.group(1))
+
+
+def test_metrics_count_calls(
+    start_daemon: Callable[..., DaemonProcess], tmp_path: Path
+) -> None:
+    daemon = start_daemon(
+        f"sqlite:///{tmp_path / 'metrics.db'}", metrics_listen="127.0.0.1:0"
+    )
+    with daemon.client() as client:
+        session = client.create_new_session(
+            "user-metrics", {"secret-ish": "payload"}, {"k": 1}
+        )
+        with pytest.raises(sessiond.UnauthorisedError):
+            client.get_session("not-a-token")
+        session.revoke()
+    text = _scrape(_metrics_address(daemon))
+    assert (
+        _value(text, 'sessiond_grpc_calls_total{code="OK",method="CreateSession"}') == 1
+    )
+    assert (
+        _value(
+            text,
+            'sessiond_grpc_calls_total{code="UNAUTHENTICATED",method="VerifySession"}',
+        )
+        == 1
+    )
+    assert (
+        _value(
+            text, 'sessiond_grpc_call_duration_seconds_count{method="RevokeSession"}'
+        )
+        == 1
+    )
+    assert _value(text, "sessiond_signing_key_rotations_total") == 1
+    assert "user-metrics" not in text
+    assert "payload" not in text
+
+
+def test_metrics_port_in_use_fails_start(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        daemon = DaemonProcess(
+            f"sqlite:///{tmp_path / 'db.sqlite'}",
+            tmp_path / "daemon.log",
+            metrics_listen=f"127.0.0.1:{port}",
+        )
+        with pytest.raises(RuntimeError, match="metrics_listen: cannot bind"):
+            daemon.start()
+
+
+def test_json_log_lines(
+    start_daemon: Callable[..., DaemonProcess], tmp_path: Path
+) -> None:
+    daemon = start_daemon(f"sqlite:///{tmp_path / 'json.db'}", log_format="json")
+    assert daemon.stop() == 0
+    entries = [json.loads(line) for line in daemon.log().splitlines() if line.strip()]
+    messages = [entry["message"] for entry in entries]
+    assert any(message.startswith("listening address=") for message in messages)
+    assert all(
+        {"time", "level", "logger", "message"} <= entry.keys() for entry in entries
+    )
