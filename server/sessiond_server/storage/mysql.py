@@ -148,6 +148,10 @@ class MysqlStorage(Storage):
             committing = False
             try:
                 with self._connection() as connection:
+                    if attempt > 1:
+                        # The pool may hold several connections the server
+                        # closed; reconnect this one before the retry uses it.
+                        connection.ping(True)
                     cursor = connection.cursor()
                     try:
                         if transaction:
