@@ -68,6 +68,7 @@ class Config:
     key_encryption_key: str = field(default="", repr=False)
     key_encryption_key_file: str = ""
     metrics_listen: str = ""
+    jwks_listen: str = ""
     log_format: str = "text"
 
     def __post_init__(self) -> None:
@@ -117,8 +118,9 @@ class Config:
             raise ConfigError(
                 f"log_format: {self.log_format!r} is not a format; use one of {', '.join(LOG_FORMATS)}"
             )
-        if self.metrics_listen:
-            _check_listen(self.metrics_listen, "metrics_listen", unix=False)
+        for name in ("metrics_listen", "jwks_listen"):
+            if getattr(self, name):
+                _check_listen(getattr(self, name), name, unix=False)
         if not self.issuer:
             raise ConfigError("issuer: must not be empty")
         _check_listen(self.listen)

@@ -7,7 +7,7 @@ import secrets
 import threading
 from collections.abc import Callable
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -19,6 +19,7 @@ from sessiond.v1 import session_pb2, session_pb2_grpc
 
 from . import clock, metrics, systemd, transport
 from .config import Config
+from .jwks_http import start_jwks_server
 from .keys import KeyManager
 from .migrations import LATEST_VERSION
 from .sealing import Sealer, UnsealError
@@ -59,21 +60,34 @@ def _interceptors(config: Config) -> list[grpc.ServerInterceptor[Any, Any]]:
     return interceptors
 
 
-def _start_metrics_server(config: Config) -> Any:
-    """Serve /metrics on metrics_listen; return the HTTP server, or None when off."""
-    if not config.metrics_listen:
-        return None
-    host, port = config.metrics_listen.rsplit(":", 1)
-    try:
-        server, _thread = prometheus_client.start_http_server(
-            int(port), addr=host.strip("[]"), registry=metrics.REGISTRY
-        )
-    except OSError as exc:
-        raise StartError(
-            f"metrics_listen: cannot bind {config.metrics_listen}: {exc.strerror}"
-        ) from None
-    logger.info("metrics listening address=%s:%d", host, server.server_port)
-    return server
+def _start_http_servers(config: Config, keys: KeyManager) -> list[Any]:
+    """Start the optional metrics and JWKS HTTP listeners; return the servers started."""
+    listeners = [
+        ("metrics", config.metrics_listen),
+        ("jwks", config.jwks_listen),
+    ]
+    servers: list[Any] = []
+    for name, listen in listeners:
+        if not listen:
+            continue
+        host, port = listen.rsplit(":", 1)
+        server: Any
+        try:
+            if name == "metrics":
+                server, _thread = prometheus_client.start_http_server(
+                    int(port), addr=host.strip("[]"), registry=metrics.REGISTRY
+                )
+            else:
+                server = start_jwks_server(host.strip("[]"), int(port), keys)
+        except OSError as exc:
+            for started in servers:
+                started.shutdown()
+            raise StartError(
+                f"{name}_listen: cannot bind {listen}: {exc.strerror}"
+            ) from None
+        logger.info("%s listening address=%s:%d", name, host, server.server_port)
+        servers.append(server)
+    return servers
 
 
 def open_and_migrate(config: Config) -> Storage:
@@ -108,7 +122,7 @@ class Daemon:
     address: str
     _stop: threading.Event
     _serving: bool = False
-    _metrics_server: Any = None
+    _http_servers: list[Any] = field(default_factory=list)
 
     @classmethod
     def start(cls, config: Config) -> Daemon:
@@ -167,19 +181,19 @@ class Daemon:
             ),
             server,
         )
-        metrics_server = _start_metrics_server(config)
+        http_servers = _start_http_servers(config, keys)
         try:
             address = transport.bind(server, config)
         except StartError:
-            if metrics_server is not None:
-                metrics_server.shutdown()
+            for http_server in http_servers:
+                http_server.shutdown()
             raise
         server.start()
         transport.set_socket_mode(config)
         daemon = cls(
             config, storage, keys, server, health_servicer, address, threading.Event()
         )
-        daemon._metrics_server = metrics_server
+        daemon._http_servers = http_servers
         daemon._set_serving(True)
         daemon._start_jobs()
         logger.info("listening address=%s", address)
@@ -269,8 +283,8 @@ class Daemon:
         self.server.stop(
             self.config.shutdown_grace_s if grace_s is None else grace_s
         ).wait()
-        if self._metrics_server is not None:
-            self._metrics_server.shutdown()
+        for http_server in self._http_servers:
+            http_server.shutdown()
         self.storage.close()
         logger.info("stopped")
 

@@ -94,3 +94,41 @@ def test_json_log_lines(
     assert all(
         {"time", "level", "logger", "message"} <= entry.keys() for entry in entries
     )
+
+
+def test_jwks_over_http(
+    start_daemon: Callable[..., DaemonProcess], tmp_path: Path
+) -> None:
+    import urllib.error
+
+    import jwt
+
+    daemon = start_daemon(
+        f"sqlite:///{tmp_path / 'jwks.db'}", jwks_listen="127.0.0.1:0"
+    )
+    match = re.search(r"jwks listening address=(\S+)", daemon.log())
+    assert match is not None
+    url = f"http://{match.group(1)}/.well-known/jwks.json"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        assert response.headers["Cache-Control"].startswith("public, max-age=")
+        etag = response.headers["ETag"]
+        jwks = json.loads(response.read())
+    request = urllib.request.Request(url, headers={"If-None-Match": etag})
+    with pytest.raises(urllib.error.HTTPError) as not_modified:
+        urllib.request.urlopen(request, timeout=5)
+    not_modified.value.close()
+    assert not_modified.value.code == 304
+
+    with daemon.client() as client:
+        session = client.create_new_session("user-jwks", {"role": "reader"})
+    assert session.access_token is not None
+    client_keys = jwt.PyJWKClient(url)
+    key = client_keys.get_signing_key_from_jwt(session.access_token.value)
+    claims = jwt.decode(
+        session.access_token.value,
+        key.key,
+        algorithms=[key.algorithm_name],
+        issuer="sessiond",
+    )
+    assert claims["sid"] == session.handle
+    assert jwks["keys"][0]["kid"] == key.key_id
