@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument(
         "action",
         choices=("list", "rotate"),
-        help="list: key ids, ages and states; rotate: start signing with a new key now",
+        help="list: key ids, ages and states; rotate: sign with a new key from now on (running daemons switch within 1 s)",
     )
     for command in (serve, migrate, check, keys):
         command.add_argument("--config", metavar="FILE", help="TOML config file")

@@ -29,6 +29,9 @@ logger = logging.getLogger(__name__)
 # An unknown kid reloads keys from the database at most this often, so a
 # flood of tokens with made-up kids costs no more than one query per interval.
 UNKNOWN_KID_RELOAD_INTERVAL_MS = 1000
+# A daemon that is signing reloads the key list at least this often, so it
+# stops signing with a key within this time of a rotation made elsewhere.
+SIGNING_STATE_MAX_AGE_MS = 1000
 
 
 @dataclass(frozen=True)
@@ -91,8 +94,9 @@ class KeyManager:
         self._algorithm = algorithm
         self._rotation_interval_ms = rotation_interval_s * 1000
         # How long after it stops signing a key still verifies: the longest
-        # life of a token it signed.
-        self._verify_window_ms = verify_window_s * 1000
+        # life of a token it signed, plus the time other daemons may go on
+        # signing with it before they notice a forced rotation.
+        self._verify_window_ms = verify_window_s * 1000 + 2 * SIGNING_STATE_MAX_AGE_MS
         self._clock = clock
         self._keys: dict[str, SigningKey] = {}
         self._signing: SigningKey | None = None
@@ -180,10 +184,18 @@ class KeyManager:
             return self._signing
 
     def signing_key(self) -> SigningKey:
-        """Return the key to sign with, rotating first when the current one is due."""
+        """Return the key to sign with, rotating first when the current one is due.
+
+        The key list is reloaded at most once per SIGNING_STATE_MAX_AGE_MS
+        while signing, so a rotation made by another daemon or by `sessiond
+        keys rotate` takes effect here within that time.
+        """
+        now = self._clock()
         key = self._signing
-        if key is not None and key.signs_until_ms > self._clock():
-            return key
+        if key is not None and key.signs_until_ms > now:
+            if now - self._last_reload_ms >= SIGNING_STATE_MAX_AGE_MS:
+                self._refresh_in_background_of(key)
+            return self._signing or key
         with self._lock:
             key = self._signing
             if key is None or key.signs_until_ms <= self._clock():
@@ -192,6 +204,20 @@ class KeyManager:
         if key is None:
             raise RuntimeError("no signing key is available after reloading keys")
         return key
+
+    def _refresh_in_background_of(self, key: SigningKey) -> None:
+        """Reload keys unless another thread is already doing it; on failure keep key."""
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            self._reload_locked()
+        except Exception as exc:
+            # Signing needs no database, so a failed reload must not fail
+            # the call; the next one tries again.
+            self._last_reload_ms = self._clock()
+            logger.warning("signing key reload failed kid=%s error=%s", key.kid, exc)
+        finally:
+            self._lock.release()
 
     def verification_key(self, kid: str) -> SigningKey | None:
         """Return the key named kid, reloading (rate-limited) when it is unknown."""
@@ -212,6 +238,11 @@ class KeyManager:
     def delete_retired(self) -> int:
         """Delete keys that can no longer verify any live token; return how many."""
         return self._storage.delete_signing_keys(self._clock() - self._verify_window_ms)
+
+    @property
+    def verify_window_ms(self) -> int:
+        """Time after a key stops signing during which it still verifies."""
+        return self._verify_window_ms
 
     def loaded(self) -> list[SigningKey]:
         """Return the keys in memory, oldest first."""

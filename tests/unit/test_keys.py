@@ -186,9 +186,9 @@ def test_retired_key_expires_after_window(
     manager.rotate()
     retired_at_ms = manual_clock.now_ms
 
-    manual_clock.now_ms = retired_at_ms + WINDOW_S * 1000 - 1
+    manual_clock.now_ms = retired_at_ms + manager.verify_window_ms - 1
     still_valid = manager.verification_key(old.kid)
-    manual_clock.now_ms = retired_at_ms + WINDOW_S * 1000
+    manual_clock.now_ms = retired_at_ms + manager.verify_window_ms
     expired = manager.verification_key(old.kid)
     published = {jwk["kid"] for jwk in manager.jwks()["keys"]}
 
@@ -205,7 +205,7 @@ def test_retired_key_dropped_on_reload(
     old = manager.signing_key()
     manager.rotate()
 
-    manual_clock.now_ms += WINDOW_S * 1000
+    manual_clock.now_ms += manager.verify_window_ms
     manager.reload()
     manual_clock.now_ms += UNKNOWN_KID_RELOAD_INTERVAL_MS
 
