@@ -13,12 +13,16 @@ import sessiond
 def add_to_cart(
     client: sessiond.SessionClient, access_token: str, anti_csrf_token: str, item: str
 ) -> list[str]:
-    """A request handler: verify the caller, then change its cart in the session data."""
+    """A request handler: verify the caller, then change its cart in the session data.
+
+    modify_session_data writes with the version it read and retries when
+    another request wrote in between, so concurrent requests lose no items.
+    """
     session = client.get_session(access_token, anti_csrf_token)
-    data = session.get_session_data()
-    data["cart"].append(item)
-    session.update_session_data(data)
-    cart: list[str] = data["cart"]
+    written = session.modify_session_data(
+        lambda data: {**data, "cart": [*data["cart"], item]}
+    )
+    cart: list[str] = written.value["cart"]
     return cart
 
 

@@ -16,16 +16,26 @@ from ._module import (
 from ._module import get_jwks as get_jwks
 from ._module import get_session as get_session
 from ._module import get_session_data as get_session_data
+from ._module import get_session_data_versioned as get_session_data_versioned
 from ._module import get_session_info as get_session_info
 from ._module import init as init
+from ._module import list_sessions as list_sessions
+from ._module import merge_session_data as merge_session_data
+from ._module import modify_session_data as modify_session_data
 from ._module import refresh_session as refresh_session
+from ._module import regenerate_access_token as regenerate_access_token
 from ._module import revoke_all_sessions_for_user as revoke_all_sessions_for_user
 from ._module import revoke_session as revoke_session
 from ._module import revoke_sessions as revoke_sessions
+from ._module import update_access_token_payload as update_access_token_payload
 from ._module import update_session_data as update_session_data
+from ._session import DeviceInfo as DeviceInfo
 from ._session import Session as Session
+from ._session import SessionData as SessionData
+from ._session import SessionDetails as SessionDetails
 from ._session import SessionInfo as SessionInfo
 from ._session import Token as Token
+from .errors import ConflictError as ConflictError
 from .errors import GeneralError as GeneralError
 from .errors import InvalidArgumentError as InvalidArgumentError
 from .errors import SessionError as SessionError
@@ -38,10 +48,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
+    "ConflictError",
+    "DeviceInfo",
     "GeneralError",
     "InvalidArgumentError",
     "Session",
     "SessionClient",
+    "SessionData",
+    "SessionDetails",
     "SessionError",
     "SessionInfo",
     "Token",
@@ -55,11 +69,17 @@ __all__ = [
     "get_jwks",
     "get_session",
     "get_session_data",
+    "get_session_data_versioned",
     "get_session_info",
     "init",
+    "list_sessions",
+    "merge_session_data",
+    "modify_session_data",
     "refresh_session",
+    "regenerate_access_token",
     "revoke_all_sessions_for_user",
     "revoke_session",
     "revoke_sessions",
+    "update_access_token_payload",
     "update_session_data",
 ]

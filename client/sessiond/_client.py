@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import json
+import random
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
 
-from ._session import Session, SessionInfo, Token
-from .errors import GeneralError, InvalidArgumentError, from_rpc_error
+from ._session import (
+    DeviceInfo,
+    Session,
+    SessionData,
+    SessionDetails,
+    SessionInfo,
+    Token,
+)
+from .errors import ConflictError, GeneralError, InvalidArgumentError, from_rpc_error
 from .v1 import session_pb2 as pb
 from .v1 import session_pb2_grpc
 
@@ -18,6 +27,10 @@ __all__ = ["DEFAULT_TIMEOUT_S", "SessionClient"]
 
 DEFAULT_TIMEOUT_S = 10.0
 API_KEY_METADATA = "x-api-key"
+# modify_session_data waits a random time between attempts, up to this many
+# seconds after the first conflict, doubling per attempt up to the maximum.
+RETRY_BACKOFF_FIRST_S = 0.005
+RETRY_BACKOFF_MAX_S = 0.1
 T = TypeVar("T")
 
 
@@ -34,6 +47,17 @@ def _dump(value: Any, field: str) -> str:
 
 def _token(message: pb.Token, present: bool) -> Token | None:
     return Token(message.token, message.expiry_ms) if present else None
+
+
+def _device_info(message: pb.SessionDetails) -> DeviceInfo | None:
+    if not message.HasField("device"):
+        return None
+    device = message.device
+    return DeviceInfo(
+        user_agent=device.user_agent or None,
+        ip_address=device.ip_address or None,
+        label=device.label or None,
+    )
 
 
 class SessionClient:
@@ -114,8 +138,14 @@ class SessionClient:
         user_id: str,
         access_token_payload: dict[str, Any] | None = None,
         session_data: Any = None,
+        *,
+        device: DeviceInfo | None = None,
     ) -> Session:
-        """Log a user in. A None payload or session data is stored as ``{}``."""
+        """Log a user in. A None payload or session data is stored as ``{}``.
+
+        ``device`` is returned by ``list_sessions``; a bad field raises
+        InvalidArgumentError naming it, such as ``device.ip_address``.
+        """
         request = pb.CreateSessionRequest(user_id=user_id)
         if access_token_payload is not None:
             request.access_token_payload_json = _dump(
@@ -123,6 +153,14 @@ class SessionClient:
             )
         if session_data is not None:
             request.session_data_json = _dump(session_data, "session_data")
+        if device is not None:
+            request.device.CopyFrom(
+                pb.DeviceInfo(
+                    user_agent=device.user_agent or "",
+                    ip_address=device.ip_address or "",
+                    label=device.label or "",
+                )
+            )
         return self._session(self._call(self._stub.CreateSession, request), issued=True)
 
     def get_session(
@@ -162,6 +200,50 @@ class SessionClient:
             self._call(self._stub.RefreshSession, request), issued=True
         )
 
+    def regenerate_access_token(
+        self, access_token: str, payload: dict[str, Any] | None = None
+    ) -> Session:
+        """Return a new access token for the session of a valid access token.
+
+        The token is checked as ``get_session`` checks it, but without the
+        anti-CSRF token. The new token carries ``payload``, which the daemon
+        also stores for later refreshes, or the stored payload when payload
+        is None. It stays bound to the same refresh and anti-CSRF tokens.
+        The returned session has ``access_token`` set.
+
+        Raises:
+            TryRefreshTokenError: the token expired.
+            UnauthorisedError: the token is invalid or the session is gone.
+            InvalidArgumentError: the payload is not a JSON object, or uses a
+                claim name that sessiond sets.
+        """
+        request = pb.RegenerateAccessTokenRequest(access_token=access_token)
+        if payload is not None:
+            request.access_token_payload_json = _dump(payload, "access_token_payload")
+        response = self._call(self._stub.RegenerateAccessToken, request)
+        summary = response.session
+        return Session(
+            self,
+            handle=summary.session_handle,
+            user_id=summary.user_id,
+            access_token_payload=json.loads(summary.access_token_payload_json),
+            access_token=_token(response.access_token, True),
+        )
+
+    def update_access_token_payload(self, handle: str, payload: dict[str, Any]) -> None:
+        """Store a new access token payload for a session.
+
+        Access tokens issued by the next refresh, and by the next verify that
+        returns a replacement token, carry it. Tokens issued before keep the
+        old payload until they expire; ``regenerate_access_token`` gives a
+        new token at once.
+        """
+        request = pb.UpdateAccessTokenPayloadRequest(
+            session_handle=handle,
+            access_token_payload_json=_dump(payload, "access_token_payload"),
+        )
+        self._call(self._stub.UpdateAccessTokenPayload, request)
+
     def revoke_session(self, handle: str) -> bool:
         request = pb.RevokeSessionRequest(session_handle=handle)
         return bool(self._call(self._stub.RevokeSession, request).revoked)
@@ -185,6 +267,24 @@ class SessionClient:
         request = pb.ListSessionHandlesRequest(user_id=user_id)
         return list(self._call(self._stub.ListSessionHandles, request).session_handles)
 
+    def list_sessions(self, user_id: str) -> list[SessionDetails]:
+        """Return the live sessions of a user, oldest first."""
+        response = self._call(
+            self._stub.ListSessions, pb.ListSessionsRequest(user_id=user_id)
+        )
+        return [
+            SessionDetails(
+                handle=details.session_handle,
+                user_id=details.user_id,
+                created_at_ms=details.created_at_ms,
+                last_refreshed_at_ms=details.last_refreshed_at_ms,
+                expires_at_ms=details.expires_at_ms,
+                access_token_payload=json.loads(details.access_token_payload_json),
+                device=_device_info(details),
+            )
+            for details in response.sessions
+        ]
+
     def get_session_info(self, handle: str) -> SessionInfo:
         response = self._call(
             self._stub.GetSessionInfo, pb.GetSessionInfoRequest(session_handle=handle)
@@ -201,17 +301,102 @@ class SessionClient:
     # -- session data ---------------------------------------------------------
 
     def get_session_data(self, handle: str) -> Any:
+        return self.get_session_data_versioned(handle).value
+
+    def get_session_data_versioned(self, handle: str) -> SessionData:
+        """Return a session's data with the version to pass as ``expected_version``."""
         response = self._call(
             self._stub.GetSessionData, pb.GetSessionDataRequest(session_handle=handle)
         )
-        return json.loads(response.session_data_json)
+        return SessionData(
+            json.loads(response.session_data_json), int(response.data_version)
+        )
 
-    def update_session_data(self, handle: str, data: Any) -> int:
-        """Overwrite a session's data with any JSON value; return its new version."""
+    def update_session_data(
+        self, handle: str, data: Any, *, expected_version: int | None = None
+    ) -> int:
+        """Overwrite a session's data with any JSON value; return its new version.
+
+        Without ``expected_version`` the last writer wins. With it, the write
+        happens only if the stored version still equals it.
+
+        Raises:
+            ConflictError: the stored version differs from expected_version;
+                ``current_version`` has it and the data is unchanged.
+        """
         request = pb.UpdateSessionDataRequest(
             session_handle=handle, session_data_json=_dump(data, "session_data")
         )
+        if expected_version is not None:
+            request.expected_data_version = expected_version
         return int(self._call(self._stub.UpdateSessionData, request).data_version)
+
+    def merge_session_data(
+        self, handle: str, patch: Any, *, expected_version: int | None = None
+    ) -> SessionData:
+        """Apply a JSON merge patch (RFC 7396) to a session's data; return the result.
+
+        A dict patch sets its keys, recursively, and a key whose value is None
+        is removed. Any other patch value replaces the data whole. The daemon
+        applies the patch under the row lock, so concurrent merges of
+        different keys all survive.
+
+        Raises:
+            InvalidArgumentError: the result would exceed the daemon's
+                max_session_data_bytes (field ``session_data``); the data is
+                unchanged.
+            ConflictError: as for ``update_session_data``.
+        """
+        request = pb.MergeSessionDataRequest(
+            session_handle=handle, patch_json=_dump(patch, "patch")
+        )
+        if expected_version is not None:
+            request.expected_data_version = expected_version
+        response = self._call(self._stub.MergeSessionData, request)
+        return SessionData(
+            json.loads(response.session_data_json), int(response.data_version)
+        )
+
+    def modify_session_data(
+        self, handle: str, change: Callable[[Any], Any], *, max_attempts: int = 5
+    ) -> SessionData:
+        """Replace a session's data with change(data), retrying when another write comes first.
+
+        Each attempt reads the data and its version, calls change on the
+        value and writes the result with that version as expected_version.
+        change may run several times, so it must compute the new value from
+        its argument alone. After a conflict the helper sleeps a random time
+        of up to 5 ms, doubling per attempt to at most 100 ms, so that
+        colliding writers spread out. Return the written value and version.
+
+        Raises:
+            ConflictError: every one of max_attempts writes conflicted; this is
+                the last conflict.
+            InvalidArgumentError: max_attempts is below 1.
+        """
+        if max_attempts < 1:
+            raise InvalidArgumentError(
+                f"invalid max_attempts: {max_attempts}; pass 1 or more",
+                field="max_attempts",
+            )
+        attempt = 1
+        while True:
+            current = self.get_session_data_versioned(handle)
+            value = change(current.value)
+            try:
+                version = self.update_session_data(
+                    handle, value, expected_version=current.version
+                )
+            except ConflictError:
+                if attempt >= max_attempts:
+                    raise
+                backoff_s = min(
+                    RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_FIRST_S * 2 ** (attempt - 1)
+                )
+                time.sleep(random.uniform(0, backoff_s))
+                attempt += 1
+                continue
+            return SessionData(value, version)
 
     # -- keys -----------------------------------------------------------------
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._client import SessionClient
-from ._session import Session, SessionInfo
+from ._session import DeviceInfo, Session, SessionData, SessionDetails, SessionInfo
 from .errors import GeneralError
 
 _lock = threading.Lock()
@@ -46,8 +46,12 @@ def create_new_session(
     user_id: str,
     access_token_payload: dict[str, Any] | None = None,
     session_data: Any = None,
+    *,
+    device: DeviceInfo | None = None,
 ) -> Session:
-    return _shared().create_new_session(user_id, access_token_payload, session_data)
+    return _shared().create_new_session(
+        user_id, access_token_payload, session_data, device=device
+    )
 
 
 def get_session(
@@ -63,6 +67,16 @@ def get_session(
 
 def refresh_session(refresh_token: str) -> Session:
     return _shared().refresh_session(refresh_token)
+
+
+def regenerate_access_token(
+    access_token: str, payload: dict[str, Any] | None = None
+) -> Session:
+    return _shared().regenerate_access_token(access_token, payload)
+
+
+def update_access_token_payload(handle: str, payload: dict[str, Any]) -> None:
+    _shared().update_access_token_payload(handle, payload)
 
 
 def revoke_session(handle: str) -> bool:
@@ -81,6 +95,10 @@ def get_all_session_handles_for_user(user_id: str) -> list[str]:
     return _shared().get_all_session_handles_for_user(user_id)
 
 
+def list_sessions(user_id: str) -> list[SessionDetails]:
+    return _shared().list_sessions(user_id)
+
+
 def get_session_info(handle: str) -> SessionInfo:
     return _shared().get_session_info(handle)
 
@@ -89,8 +107,30 @@ def get_session_data(handle: str) -> Any:
     return _shared().get_session_data(handle)
 
 
-def update_session_data(handle: str, data: Any) -> int:
-    return _shared().update_session_data(handle, data)
+def get_session_data_versioned(handle: str) -> SessionData:
+    return _shared().get_session_data_versioned(handle)
+
+
+def update_session_data(
+    handle: str, data: Any, *, expected_version: int | None = None
+) -> int:
+    return _shared().update_session_data(
+        handle, data, expected_version=expected_version
+    )
+
+
+def merge_session_data(
+    handle: str, patch: Any, *, expected_version: int | None = None
+) -> SessionData:
+    return _shared().merge_session_data(
+        handle, patch, expected_version=expected_version
+    )
+
+
+def modify_session_data(
+    handle: str, change: Callable[[Any], Any], *, max_attempts: int = 5
+) -> SessionData:
+    return _shared().modify_session_data(handle, change, max_attempts=max_attempts)
 
 
 def get_jwks() -> dict[str, Any]:

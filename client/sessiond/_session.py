@@ -1,7 +1,8 @@
-"""Session, Token and SessionInfo: what the client returns."""
+"""Session, Token, SessionInfo and the other values the client returns or takes."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,48 @@ class SessionInfo:
     expires_at_ms: int
     access_token_payload: dict[str, Any]
     data_version: int
+
+
+@dataclass(frozen=True)
+class SessionData:
+    """Session data with its version, which starts at 1 and grows by one per write."""
+
+    value: Any
+    version: int
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """The device a session is created from, as the caller reports it.
+
+    Each field is optional: ``user_agent`` (at most 512 UTF-8 bytes),
+    ``ip_address`` (IPv4 or IPv6; the daemon stores its canonical form) and
+    ``label`` (at most 255 UTF-8 bytes), a name for the user to recognise
+    the device by.
+    """
+
+    user_agent: str | None = None
+    ip_address: str | None = None
+    label: str | None = None
+
+
+@dataclass(frozen=True)
+class SessionDetails:
+    """A live session as ``list_sessions`` returns it. Times are ms since the epoch.
+
+    ``last_refreshed_at_ms`` equals ``created_at_ms`` until the first
+    refresh. ``expires_at_ms`` is when the session ends unless it is
+    refreshed before then. ``device`` is None when the session was created
+    without one.
+    """
+
+    handle: str
+    user_id: str
+    created_at_ms: int
+    last_refreshed_at_ms: int
+    expires_at_ms: int
+    access_token_payload: dict[str, Any]
+    device: DeviceInfo | None
 
 
 class Session:
@@ -61,9 +104,47 @@ class Session:
     def get_session_data(self) -> Any:
         return self._client.get_session_data(self.handle)
 
-    def update_session_data(self, data: Any) -> int:
-        """Overwrite the session data; return its new version."""
-        return self._client.update_session_data(self.handle, data)
+    def get_session_data_versioned(self) -> SessionData:
+        return self._client.get_session_data_versioned(self.handle)
+
+    def update_session_data(
+        self, data: Any, *, expected_version: int | None = None
+    ) -> int:
+        """Overwrite the session data; return its new version.
+
+        See ``SessionClient.update_session_data`` for ``expected_version``.
+        """
+        return self._client.update_session_data(
+            self.handle, data, expected_version=expected_version
+        )
+
+    def merge_session_data(
+        self, patch: Any, *, expected_version: int | None = None
+    ) -> SessionData:
+        """Apply a JSON merge patch (RFC 7396) to the session data; return the result."""
+        return self._client.merge_session_data(
+            self.handle, patch, expected_version=expected_version
+        )
+
+    def modify_session_data(
+        self, change: Callable[[Any], Any], *, max_attempts: int = 5
+    ) -> SessionData:
+        """Replace the session data with change(data), retrying on conflicts.
+
+        See ``SessionClient.modify_session_data``.
+        """
+        return self._client.modify_session_data(
+            self.handle, change, max_attempts=max_attempts
+        )
+
+    def update_access_token_payload(self, payload: dict[str, Any]) -> None:
+        """Store a new access token payload and set ``access_token_payload`` to it.
+
+        Access tokens issued from the next refresh on carry it; call
+        ``SessionClient.regenerate_access_token`` to get one at once.
+        """
+        self._client.update_access_token_payload(self.handle, payload)
+        self.access_token_payload = dict(payload)
 
     def get_session_info(self) -> SessionInfo:
         return self._client.get_session_info(self.handle)

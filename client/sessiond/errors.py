@@ -5,6 +5,8 @@
     ├── TryRefreshTokenError     access token expired or unknown key: call refresh_session
     ├── TokenTheftDetectedError  an old refresh token was replayed; the session is revoked
     ├── InvalidArgumentError     bad input; ``field`` names it
+    ├── ConflictError            session data is not at the expected version;
+    │                            ``current_version`` is the stored one
     ├── UnavailableError         the daemon or its database cannot be reached
     └── GeneralError             anything else, such as an internal error
 
@@ -19,6 +21,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 __all__ = [
+    "ConflictError",
     "GeneralError",
     "InvalidArgumentError",
     "SessionError",
@@ -69,6 +72,21 @@ class InvalidArgumentError(SessionError):
         self.field = field
 
 
+class ConflictError(SessionError):
+    """A versioned write found the session data at another version; nothing was written.
+
+    Read the data again (``get_session_data_versioned``), redo the change
+    and write with the new version, or use ``modify_session_data``, which
+    does that in a loop.
+    """
+
+    def __init__(
+        self, message: str, *, current_version: int, code: grpc.StatusCode | None = None
+    ) -> None:
+        super().__init__(message, code=code)
+        self.current_version = current_version
+
+
 class UnavailableError(SessionError):
     pass
 
@@ -103,6 +121,14 @@ def _error_info(error: grpc.Call) -> error_details_pb2.ErrorInfo | None:
     return None
 
 
+def _int_metadata(info: error_details_pb2.ErrorInfo, key: str) -> int:
+    """Return an integer from ErrorInfo metadata, or 0 when it is missing or not a number."""
+    try:
+        return int(info.metadata.get(key, "0"))
+    except ValueError:
+        return 0
+
+
 def from_rpc_error(error: grpc.RpcError) -> SessionError:
     """Translate a failed gRPC call into the matching SessionError."""
     call = error if isinstance(error, grpc.Call) else None
@@ -118,6 +144,12 @@ def from_rpc_error(error: grpc.RpcError) -> SessionError:
             message,
             session_handle=info.metadata.get("session_handle", ""),
             user_id=info.metadata.get("user_id", ""),
+            code=code,
+        )
+    if info.reason == "CONFLICT":
+        return ConflictError(
+            message,
+            current_version=_int_metadata(info, "current_data_version"),
             code=code,
         )
     if info.reason == "INVALID_ARGUMENT":

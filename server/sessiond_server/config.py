@@ -29,6 +29,9 @@ MAX_VALIDITY_S = 10 * 365 * 24 * 3600
 # gRPC rejects messages above its receive limit before sessiond sees them, so
 # session data must leave room for the rest of the message.
 MAX_SESSION_DATA_LIMIT_BYTES = 64 * 1024 * 1024
+# A bound that only catches typos. With the limit on, each new session locks
+# and counts all live sessions of its user, whatever the value.
+MAX_SESSIONS_PER_USER_LIMIT = 1_000_000
 
 
 class ConfigError(ValueError):
@@ -48,6 +51,9 @@ class Config:
     signing_algorithm: str = "EdDSA"
     clock_skew_leeway_s: int = 5
     refresh_grace_period_s: int = 10
+    idle_timeout_s: int = 0
+    max_session_lifetime_s: int = 0
+    max_sessions_per_user: int = 0
     anti_csrf: bool = True
     blacklisting: bool = False
     max_session_data_bytes: int = 1024 * 1024
@@ -88,6 +94,19 @@ class Config:
         )
         _check_range("clock_skew_leeway_s", self.clock_skew_leeway_s, 0, 300)
         _check_range("refresh_grace_period_s", self.refresh_grace_period_s, 0, 300)
+
+        # For the next three settings, 0 turns the limit off.
+        _check_range("idle_timeout_s", self.idle_timeout_s, 0, MAX_VALIDITY_S)
+        _check_range(
+            "max_session_lifetime_s", self.max_session_lifetime_s, 0, MAX_VALIDITY_S
+        )
+        _check_range(
+            "max_sessions_per_user",
+            self.max_sessions_per_user,
+            0,
+            MAX_SESSIONS_PER_USER_LIMIT,
+        )
+
         _check_range(
             "max_session_data_bytes",
             self.max_session_data_bytes,

@@ -5,6 +5,7 @@
     ├── TryRefreshTokenError     access token expired, key unknown, CSRF check failed
     ├── TokenTheftDetectedError  an old refresh token was replayed
     ├── InvalidArgumentError     bad input; names the field
+    ├── ConflictError            session data is not at the expected version
     └── UnavailableError         the database cannot be reached
 
 Messages never contain tokens, keys or session data: they go to callers and
@@ -72,6 +73,22 @@ class InvalidArgumentError(SessiondError):
 
     def metadata(self) -> dict[str, str]:
         return {"field": self.field}
+
+
+class ConflictError(SessiondError):
+    reason = "CONFLICT"
+    code = grpc.StatusCode.ABORTED
+
+    def __init__(self, expected_data_version: int, current_data_version: int) -> None:
+        super().__init__(
+            f"session data is at version {current_data_version}, not the expected "
+            f"version {expected_data_version}; read the data again and retry the change"
+        )
+        self.expected_data_version = expected_data_version
+        self.current_data_version = current_data_version
+
+    def metadata(self) -> dict[str, str]:
+        return {"current_data_version": str(self.current_data_version)}
 
 
 class UnavailableError(SessiondError):

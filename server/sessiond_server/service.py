@@ -16,6 +16,8 @@ from sessiond.v1 import session_pb2_grpc
 from .errors import SessiondError, error_status
 from .keys import KeyManager
 from .sessions import IssuedSession, IssuedToken, SessionManager, SessionView
+from .storage import SessionListing
+from .validation import Device
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +68,40 @@ def _issued_fields(issued: IssuedSession) -> dict[str, Any]:
     }
 
 
-def _optional(message: Any, field: str) -> str | None:
+def _optional(message: Any, field: str) -> Any:
     return getattr(message, field) if message.HasField(field) else None
+
+
+def _device(message: pb.CreateSessionRequest) -> Device | None:
+    if not message.HasField("device"):
+        return None
+    return Device(
+        user_agent=message.device.user_agent,
+        ip_address=message.device.ip_address,
+        label=message.device.label,
+    )
+
+
+def _session_details(listing: SessionListing) -> pb.SessionDetails:
+    details = pb.SessionDetails(
+        session_handle=listing.session_handle,
+        user_id=listing.user_id,
+        created_at_ms=listing.created_at_ms,
+        last_refreshed_at_ms=listing.last_refreshed_at_ms,
+        expires_at_ms=listing.ends_at_ms,
+        access_token_payload_json=listing.access_token_payload,
+    )
+    # A session created without device details has only empty fields, and
+    # gets no device message.
+    if listing.device_user_agent or listing.device_ip_address or listing.device_label:
+        details.device.CopyFrom(
+            pb.DeviceInfo(
+                user_agent=listing.device_user_agent,
+                ip_address=listing.device_ip_address,
+                label=listing.device_label,
+            )
+        )
+    return details
 
 
 class SessionServicer(session_pb2_grpc.SessionServiceServicer):
@@ -83,6 +117,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
             request.user_id,
             _optional(request, "access_token_payload_json"),
             _optional(request, "session_data_json"),
+            _device(request),
         )
         return pb.CreateSessionResponse(**_issued_fields(issued))
 
@@ -137,6 +172,15 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         return pb.ListSessionHandlesResponse(session_handles=handles)
 
     @translate_errors
+    def ListSessions(
+        self, request: pb.ListSessionsRequest, context: grpc.ServicerContext
+    ) -> pb.ListSessionsResponse:
+        listings = self._sessions.list_sessions(request.user_id)
+        return pb.ListSessionsResponse(
+            sessions=[_session_details(listing) for listing in listings]
+        )
+
+    @translate_errors
     def GetSessionInfo(
         self, request: pb.GetSessionInfoRequest, context: grpc.ServicerContext
     ) -> pb.GetSessionInfoResponse:
@@ -145,7 +189,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
             session_handle=record.session_handle,
             user_id=record.user_id,
             created_at_ms=record.created_at_ms,
-            expires_at_ms=record.expires_at_ms,
+            expires_at_ms=record.ends_at_ms,
             access_token_payload_json=record.access_token_payload,
             data_version=record.data_version,
         )
@@ -162,9 +206,43 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         self, request: pb.UpdateSessionDataRequest, context: grpc.ServicerContext
     ) -> pb.UpdateSessionDataResponse:
         version = self._sessions.update_session_data(
-            request.session_handle, request.session_data_json
+            request.session_handle,
+            request.session_data_json,
+            _optional(request, "expected_data_version"),
         )
         return pb.UpdateSessionDataResponse(data_version=version)
+
+    @translate_errors
+    def MergeSessionData(
+        self, request: pb.MergeSessionDataRequest, context: grpc.ServicerContext
+    ) -> pb.MergeSessionDataResponse:
+        data, version = self._sessions.merge_session_data(
+            request.session_handle,
+            request.patch_json,
+            _optional(request, "expected_data_version"),
+        )
+        return pb.MergeSessionDataResponse(session_data_json=data, data_version=version)
+
+    @translate_errors
+    def UpdateAccessTokenPayload(
+        self, request: pb.UpdateAccessTokenPayloadRequest, context: grpc.ServicerContext
+    ) -> pb.UpdateAccessTokenPayloadResponse:
+        self._sessions.update_access_token_payload(
+            request.session_handle, request.access_token_payload_json
+        )
+        return pb.UpdateAccessTokenPayloadResponse()
+
+    @translate_errors
+    def RegenerateAccessToken(
+        self, request: pb.RegenerateAccessTokenRequest, context: grpc.ServicerContext
+    ) -> pb.RegenerateAccessTokenResponse:
+        regenerated = self._sessions.regenerate_access_token(
+            request.access_token, _optional(request, "access_token_payload_json")
+        )
+        return pb.RegenerateAccessTokenResponse(
+            session=_summary(regenerated.session),
+            access_token=_token(regenerated.access_token),
+        )
 
     @translate_errors
     def GetJwks(

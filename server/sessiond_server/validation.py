@@ -6,15 +6,21 @@ rejected call changes nothing.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import InvalidArgumentError
 
 MAX_USER_ID_BYTES = 255
 MAX_HANDLES_PER_CALL = 1000
+# The binary columns of the device fields in the sessions table are this wide.
+MAX_USER_AGENT_BYTES = 512
+MAX_IP_ADDRESS_BYTES = 64
+MAX_DEVICE_LABEL_BYTES = 255
 # Claims sessiond itself writes into every access token. A payload that
 # contains one is rejected, because it would override the daemon's value.
 RESERVED_CLAIMS = frozenset(
@@ -50,6 +56,60 @@ def check_user_id(user_id: str, field: str = "user_id") -> str:
             field, f"is {size} bytes of UTF-8; the maximum is {MAX_USER_ID_BYTES}"
         )
     return user_id
+
+
+def _check_text_bytes(text: str, field: str, max_bytes: int) -> None:
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidArgumentError(field, "must be valid UTF-8 text") from None
+    if size > max_bytes:
+        raise InvalidArgumentError(
+            field, f"is {size} bytes of UTF-8; the maximum is {max_bytes}"
+        )
+
+
+@dataclass(frozen=True)
+class Device:
+    """The checked device details of a new session; an empty string means unknown."""
+
+    user_agent: str = ""
+    ip_address: str = ""
+    label: str = ""
+
+
+def check_device(device: Device, field: str = "device") -> Device:
+    """Check the device fields and return them, with the IP address in canonical form."""
+    _check_text_bytes(device.user_agent, f"{field}.user_agent", MAX_USER_AGENT_BYTES)
+    _check_text_bytes(device.label, f"{field}.label", MAX_DEVICE_LABEL_BYTES)
+    canonical_ip = ""
+    if device.ip_address:
+        _check_text_bytes(
+            device.ip_address, f"{field}.ip_address", MAX_IP_ADDRESS_BYTES
+        )
+        try:
+            canonical_ip = str(ipaddress.ip_address(device.ip_address))
+        except ValueError:
+            raise InvalidArgumentError(
+                f"{field}.ip_address",
+                "is not an IPv4 or IPv6 address; send an address such as "
+                "203.0.113.7 or 2001:db8::7, or leave it empty",
+            ) from None
+    return Device(
+        user_agent=device.user_agent, ip_address=canonical_ip, label=device.label
+    )
+
+
+def check_expected_version(
+    version: int | None, field: str = "expected_data_version"
+) -> int | None:
+    if version is not None and version < 1:
+        raise InvalidArgumentError(
+            field,
+            f"is {version}; data versions start at 1, so pass the data_version "
+            "that GetSessionData returned, or leave it unset",
+        )
+    return version
 
 
 def check_handle(handle: str, field: str = "session_handle") -> str:
@@ -132,5 +192,15 @@ def json_type_name(value: Any) -> str:
 
 
 def dump_json(value: Any) -> str:
-    """Serialise a parsed JSON value compactly, keeping non-ASCII text as is."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    """Serialise a parsed JSON value compactly, keeping non-ASCII text as is.
+
+    JSON text may escape a lone UTF-16 surrogate ("\\ud800"), which parses to
+    a str that UTF-8 cannot encode. Such a value is serialised with every
+    non-ASCII character escaped, so the result can always be stored as UTF-8.
+    """
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, ensure_ascii=True, separators=(",", ":"))
+    return text

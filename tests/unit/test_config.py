@@ -179,6 +179,21 @@ BAD_FILE_VALUES = [
     pytest.param(
         'unix_socket_mode = "0999"', "unix_socket_mode", id="socket-mode-not-octal"
     ),
+    pytest.param("idle_timeout_s = -1", "idle_timeout_s", id="idle-negative"),
+    pytest.param(
+        f"idle_timeout_s = {MAX_VALIDITY_S + 1}", "idle_timeout_s", id="idle-above-max"
+    ),
+    pytest.param(
+        "max_session_lifetime_s = -1",
+        "max_session_lifetime_s",
+        id="lifetime-negative",
+    ),
+    pytest.param(
+        "max_sessions_per_user = -1", "max_sessions_per_user", id="cap-negative"
+    ),
+    pytest.param(
+        "max_sessions_per_user = 2.5", "max_sessions_per_user", id="cap-not-integer"
+    ),
     pytest.param(
         'tls_cert_file = "/nonexistent/cert.pem"',
         "tls_key_file",
@@ -338,3 +353,25 @@ def test_redacted_hides_api_keys() -> None:
 
     assert api_key not in str(config.redacted())
     assert api_key not in repr(config)
+
+
+def test_session_limits_default_off() -> None:
+    config = Config()
+
+    assert config.idle_timeout_s == 0
+    assert config.max_session_lifetime_s == 0
+    assert config.max_sessions_per_user == 0
+
+
+def test_session_limits_from_environ() -> None:
+    config = load_config(
+        environ={
+            "SESSIOND_IDLE_TIMEOUT_S": "1800",
+            "SESSIOND_MAX_SESSION_LIFETIME_S": "86400",
+            "SESSIOND_MAX_SESSIONS_PER_USER": "5",
+        }
+    )
+
+    assert config.idle_timeout_s == 1800
+    assert config.max_session_lifetime_s == 86400
+    assert config.max_sessions_per_user == 5

@@ -16,8 +16,14 @@ from hypothesis import strategies as st
 
 from sessiond_server.errors import InvalidArgumentError
 from sessiond_server.validation import (
+    MAX_DEVICE_LABEL_BYTES,
+    MAX_IP_ADDRESS_BYTES,
+    MAX_USER_AGENT_BYTES,
     MAX_USER_ID_BYTES,
     RESERVED_CLAIMS,
+    Device,
+    check_device,
+    check_expected_version,
     check_handle,
     check_user_id,
     dump_json,
@@ -245,3 +251,89 @@ def test_json_round_trip_unchanged(value: Any) -> None:
     text = dump_json(value)
 
     assert_same_json(parse_json(text, "session_data", LARGE), value)
+
+
+def test_dump_json_lone_surrogate_escaped() -> None:
+    value = parse_json('{"a":"\\ud800","b":"é"}', "session_data", LARGE)
+
+    text = dump_json(value)
+
+    assert text == '{"a":"\\ud800","b":"\\u00e9"}'
+    assert text.encode("utf-8")
+    assert parse_json(text, "session_data", LARGE) == value
+
+
+# -- device details and expected versions -------------------------------------
+
+BAD_DEVICES = [
+    pytest.param(
+        Device(user_agent="a" * (MAX_USER_AGENT_BYTES + 1)),
+        "device.user_agent",
+        id="user-agent-too-long",
+    ),
+    pytest.param(
+        Device(user_agent="é" * (MAX_USER_AGENT_BYTES // 2 + 1)),
+        "device.user_agent",
+        id="user-agent-bytes-not-characters",
+    ),
+    pytest.param(Device(user_agent="\ud800"), "device.user_agent", id="ua-surrogate"),
+    pytest.param(
+        Device(label="a" * (MAX_DEVICE_LABEL_BYTES + 1)),
+        "device.label",
+        id="label-too-long",
+    ),
+    pytest.param(Device(ip_address="localhost"), "device.ip_address", id="ip-name"),
+    pytest.param(Device(ip_address="256.1.1.1"), "device.ip_address", id="ip-range"),
+    pytest.param(Device(ip_address="01.2.3.4"), "device.ip_address", id="ip-zero"),
+    pytest.param(Device(ip_address=" 1.2.3.4"), "device.ip_address", id="ip-space"),
+    pytest.param(Device(ip_address="1.2.3.4/32"), "device.ip_address", id="ip-cidr"),
+    pytest.param(
+        Device(ip_address="1" * (MAX_IP_ADDRESS_BYTES + 1)),
+        "device.ip_address",
+        id="ip-too-long",
+    ),
+]
+
+
+@pytest.mark.parametrize(("device", "field"), BAD_DEVICES)
+def test_device_bad_field_rejected(device: Device, field: str) -> None:
+    with pytest.raises(InvalidArgumentError) as raised:
+        check_device(device)
+
+    assert raised.value.field == field
+
+
+def test_device_limits_accepted() -> None:
+    device = Device(
+        user_agent="a" * MAX_USER_AGENT_BYTES,
+        ip_address="203.0.113.7",
+        label="é" * (MAX_DEVICE_LABEL_BYTES // 2),
+    )
+
+    assert check_device(device) == device
+
+
+@pytest.mark.parametrize(
+    ("given", "canonical"),
+    [
+        ("2001:DB8:0:0:0:0:0:1", "2001:db8::1"),
+        ("::1", "::1"),
+        ("192.0.2.1", "192.0.2.1"),
+        ("", ""),
+    ],
+)
+def test_device_ip_address_canonical(given: str, canonical: str) -> None:
+    assert check_device(Device(ip_address=given)).ip_address == canonical
+
+
+@pytest.mark.parametrize("version", [0, -1, -(2**63)])
+def test_expected_version_below_one_rejected(version: int) -> None:
+    with pytest.raises(InvalidArgumentError) as raised:
+        check_expected_version(version)
+
+    assert raised.value.field == "expected_data_version"
+
+
+@pytest.mark.parametrize("version", [None, 1, 2**63 - 1])
+def test_expected_version_accepted(version: int | None) -> None:
+    assert check_expected_version(version) == version

@@ -24,15 +24,27 @@ class SessionSummary(_message.Message):
     access_token_payload_json: str
     def __init__(self, session_handle: _Optional[str] = ..., user_id: _Optional[str] = ..., access_token_payload_json: _Optional[str] = ...) -> None: ...
 
+class DeviceInfo(_message.Message):
+    __slots__ = ("user_agent", "ip_address", "label")
+    USER_AGENT_FIELD_NUMBER: _ClassVar[int]
+    IP_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    user_agent: str
+    ip_address: str
+    label: str
+    def __init__(self, user_agent: _Optional[str] = ..., ip_address: _Optional[str] = ..., label: _Optional[str] = ...) -> None: ...
+
 class CreateSessionRequest(_message.Message):
-    __slots__ = ("user_id", "access_token_payload_json", "session_data_json")
+    __slots__ = ("user_id", "access_token_payload_json", "session_data_json", "device")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ACCESS_TOKEN_PAYLOAD_JSON_FIELD_NUMBER: _ClassVar[int]
     SESSION_DATA_JSON_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     access_token_payload_json: str
     session_data_json: str
-    def __init__(self, user_id: _Optional[str] = ..., access_token_payload_json: _Optional[str] = ..., session_data_json: _Optional[str] = ...) -> None: ...
+    device: DeviceInfo
+    def __init__(self, user_id: _Optional[str] = ..., access_token_payload_json: _Optional[str] = ..., session_data_json: _Optional[str] = ..., device: _Optional[_Union[DeviceInfo, _Mapping]] = ...) -> None: ...
 
 class CreateSessionResponse(_message.Message):
     __slots__ = ("session", "access_token", "refresh_token", "anti_csrf_token")
@@ -167,18 +179,96 @@ class GetSessionDataResponse(_message.Message):
     def __init__(self, session_data_json: _Optional[str] = ..., data_version: _Optional[int] = ...) -> None: ...
 
 class UpdateSessionDataRequest(_message.Message):
-    __slots__ = ("session_handle", "session_data_json")
+    __slots__ = ("session_handle", "session_data_json", "expected_data_version")
     SESSION_HANDLE_FIELD_NUMBER: _ClassVar[int]
     SESSION_DATA_JSON_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_DATA_VERSION_FIELD_NUMBER: _ClassVar[int]
     session_handle: str
     session_data_json: str
-    def __init__(self, session_handle: _Optional[str] = ..., session_data_json: _Optional[str] = ...) -> None: ...
+    expected_data_version: int
+    def __init__(self, session_handle: _Optional[str] = ..., session_data_json: _Optional[str] = ..., expected_data_version: _Optional[int] = ...) -> None: ...
 
 class UpdateSessionDataResponse(_message.Message):
     __slots__ = ("data_version",)
     DATA_VERSION_FIELD_NUMBER: _ClassVar[int]
     data_version: int
     def __init__(self, data_version: _Optional[int] = ...) -> None: ...
+
+class MergeSessionDataRequest(_message.Message):
+    __slots__ = ("session_handle", "patch_json", "expected_data_version")
+    SESSION_HANDLE_FIELD_NUMBER: _ClassVar[int]
+    PATCH_JSON_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_DATA_VERSION_FIELD_NUMBER: _ClassVar[int]
+    session_handle: str
+    patch_json: str
+    expected_data_version: int
+    def __init__(self, session_handle: _Optional[str] = ..., patch_json: _Optional[str] = ..., expected_data_version: _Optional[int] = ...) -> None: ...
+
+class MergeSessionDataResponse(_message.Message):
+    __slots__ = ("session_data_json", "data_version")
+    SESSION_DATA_JSON_FIELD_NUMBER: _ClassVar[int]
+    DATA_VERSION_FIELD_NUMBER: _ClassVar[int]
+    session_data_json: str
+    data_version: int
+    def __init__(self, session_data_json: _Optional[str] = ..., data_version: _Optional[int] = ...) -> None: ...
+
+class UpdateAccessTokenPayloadRequest(_message.Message):
+    __slots__ = ("session_handle", "access_token_payload_json")
+    SESSION_HANDLE_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_TOKEN_PAYLOAD_JSON_FIELD_NUMBER: _ClassVar[int]
+    session_handle: str
+    access_token_payload_json: str
+    def __init__(self, session_handle: _Optional[str] = ..., access_token_payload_json: _Optional[str] = ...) -> None: ...
+
+class UpdateAccessTokenPayloadResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RegenerateAccessTokenRequest(_message.Message):
+    __slots__ = ("access_token", "access_token_payload_json")
+    ACCESS_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_TOKEN_PAYLOAD_JSON_FIELD_NUMBER: _ClassVar[int]
+    access_token: str
+    access_token_payload_json: str
+    def __init__(self, access_token: _Optional[str] = ..., access_token_payload_json: _Optional[str] = ...) -> None: ...
+
+class RegenerateAccessTokenResponse(_message.Message):
+    __slots__ = ("session", "access_token")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    session: SessionSummary
+    access_token: Token
+    def __init__(self, session: _Optional[_Union[SessionSummary, _Mapping]] = ..., access_token: _Optional[_Union[Token, _Mapping]] = ...) -> None: ...
+
+class ListSessionsRequest(_message.Message):
+    __slots__ = ("user_id",)
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+
+class SessionDetails(_message.Message):
+    __slots__ = ("session_handle", "user_id", "created_at_ms", "last_refreshed_at_ms", "expires_at_ms", "access_token_payload_json", "device")
+    SESSION_HANDLE_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    LAST_REFRESHED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_TOKEN_PAYLOAD_JSON_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    session_handle: str
+    user_id: str
+    created_at_ms: int
+    last_refreshed_at_ms: int
+    expires_at_ms: int
+    access_token_payload_json: str
+    device: DeviceInfo
+    def __init__(self, session_handle: _Optional[str] = ..., user_id: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., last_refreshed_at_ms: _Optional[int] = ..., expires_at_ms: _Optional[int] = ..., access_token_payload_json: _Optional[str] = ..., device: _Optional[_Union[DeviceInfo, _Mapping]] = ...) -> None: ...
+
+class ListSessionsResponse(_message.Message):
+    __slots__ = ("sessions",)
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    sessions: _containers.RepeatedCompositeFieldContainer[SessionDetails]
+    def __init__(self, sessions: _Optional[_Iterable[_Union[SessionDetails, _Mapping]]] = ...) -> None: ...
 
 class GetJwksRequest(_message.Message):
     __slots__ = ()

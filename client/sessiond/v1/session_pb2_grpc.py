@@ -84,6 +84,26 @@ class SessionServiceStub:
                 request_serializer=sessiond_dot_v1_dot_session__pb2.UpdateSessionDataRequest.SerializeToString,
                 response_deserializer=sessiond_dot_v1_dot_session__pb2.UpdateSessionDataResponse.FromString,
                 _registered_method=True)
+        self.MergeSessionData = channel.unary_unary(
+                '/sessiond.v1.SessionService/MergeSessionData',
+                request_serializer=sessiond_dot_v1_dot_session__pb2.MergeSessionDataRequest.SerializeToString,
+                response_deserializer=sessiond_dot_v1_dot_session__pb2.MergeSessionDataResponse.FromString,
+                _registered_method=True)
+        self.UpdateAccessTokenPayload = channel.unary_unary(
+                '/sessiond.v1.SessionService/UpdateAccessTokenPayload',
+                request_serializer=sessiond_dot_v1_dot_session__pb2.UpdateAccessTokenPayloadRequest.SerializeToString,
+                response_deserializer=sessiond_dot_v1_dot_session__pb2.UpdateAccessTokenPayloadResponse.FromString,
+                _registered_method=True)
+        self.RegenerateAccessToken = channel.unary_unary(
+                '/sessiond.v1.SessionService/RegenerateAccessToken',
+                request_serializer=sessiond_dot_v1_dot_session__pb2.RegenerateAccessTokenRequest.SerializeToString,
+                response_deserializer=sessiond_dot_v1_dot_session__pb2.RegenerateAccessTokenResponse.FromString,
+                _registered_method=True)
+        self.ListSessions = channel.unary_unary(
+                '/sessiond.v1.SessionService/ListSessions',
+                request_serializer=sessiond_dot_v1_dot_session__pb2.ListSessionsRequest.SerializeToString,
+                response_deserializer=sessiond_dot_v1_dot_session__pb2.ListSessionsResponse.FromString,
+                _registered_method=True)
         self.GetJwks = channel.unary_unary(
                 '/sessiond.v1.SessionService/GetJwks',
                 request_serializer=sessiond_dot_v1_dot_session__pb2.GetJwksRequest.SerializeToString,
@@ -154,7 +174,39 @@ class SessionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateSessionData(self, request, context):
-        """Overwrite the session data.
+        """Overwrite the session data, optionally only if it is still at an
+        expected version (compare-and-set).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MergeSessionData(self, request, context):
+        """Apply a JSON merge patch (RFC 7396) to the session data in one
+        database transaction, so concurrent merges never lose each other's keys.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateAccessTokenPayload(self, request, context):
+        """Store a new access token payload. The next RefreshSession, and the next
+        access token that VerifySession issues on promotion, carry it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RegenerateAccessToken(self, request, context):
+        """Check an access token as VerifySession does, without the anti-CSRF
+        check, and return a new access token for the same session at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSessions(self, request, context):
+        """The live sessions of a user, with timestamps, payload and device.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -220,6 +272,26 @@ def add_SessionServiceServicer_to_server(servicer, server):
                     servicer.UpdateSessionData,
                     request_deserializer=sessiond_dot_v1_dot_session__pb2.UpdateSessionDataRequest.FromString,
                     response_serializer=sessiond_dot_v1_dot_session__pb2.UpdateSessionDataResponse.SerializeToString,
+            ),
+            'MergeSessionData': grpc.unary_unary_rpc_method_handler(
+                    servicer.MergeSessionData,
+                    request_deserializer=sessiond_dot_v1_dot_session__pb2.MergeSessionDataRequest.FromString,
+                    response_serializer=sessiond_dot_v1_dot_session__pb2.MergeSessionDataResponse.SerializeToString,
+            ),
+            'UpdateAccessTokenPayload': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateAccessTokenPayload,
+                    request_deserializer=sessiond_dot_v1_dot_session__pb2.UpdateAccessTokenPayloadRequest.FromString,
+                    response_serializer=sessiond_dot_v1_dot_session__pb2.UpdateAccessTokenPayloadResponse.SerializeToString,
+            ),
+            'RegenerateAccessToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegenerateAccessToken,
+                    request_deserializer=sessiond_dot_v1_dot_session__pb2.RegenerateAccessTokenRequest.FromString,
+                    response_serializer=sessiond_dot_v1_dot_session__pb2.RegenerateAccessTokenResponse.SerializeToString,
+            ),
+            'ListSessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSessions,
+                    request_deserializer=sessiond_dot_v1_dot_session__pb2.ListSessionsRequest.FromString,
+                    response_serializer=sessiond_dot_v1_dot_session__pb2.ListSessionsResponse.SerializeToString,
             ),
             'GetJwks': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJwks,
@@ -497,6 +569,114 @@ class SessionService:
             '/sessiond.v1.SessionService/UpdateSessionData',
             sessiond_dot_v1_dot_session__pb2.UpdateSessionDataRequest.SerializeToString,
             sessiond_dot_v1_dot_session__pb2.UpdateSessionDataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MergeSessionData(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sessiond.v1.SessionService/MergeSessionData',
+            sessiond_dot_v1_dot_session__pb2.MergeSessionDataRequest.SerializeToString,
+            sessiond_dot_v1_dot_session__pb2.MergeSessionDataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateAccessTokenPayload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sessiond.v1.SessionService/UpdateAccessTokenPayload',
+            sessiond_dot_v1_dot_session__pb2.UpdateAccessTokenPayloadRequest.SerializeToString,
+            sessiond_dot_v1_dot_session__pb2.UpdateAccessTokenPayloadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegenerateAccessToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sessiond.v1.SessionService/RegenerateAccessToken',
+            sessiond_dot_v1_dot_session__pb2.RegenerateAccessTokenRequest.SerializeToString,
+            sessiond_dot_v1_dot_session__pb2.RegenerateAccessTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sessiond.v1.SessionService/ListSessions',
+            sessiond_dot_v1_dot_session__pb2.ListSessionsRequest.SerializeToString,
+            sessiond_dot_v1_dot_session__pb2.ListSessionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -4,14 +4,26 @@ from __future__ import annotations
 
 from urllib.parse import unquote, urlsplit
 
-from .base import Rotation, RotationResult, SessionRecord, SigningKeyRecord, Storage
+from .base import (
+    NO_IDLE_DEADLINE_MS,
+    Rotation,
+    RotationResult,
+    SessionListing,
+    SessionRecord,
+    SigningKeyRecord,
+    Storage,
+    capped_expiry,
+)
 
 __all__ = [
+    "NO_IDLE_DEADLINE_MS",
     "Rotation",
     "RotationResult",
+    "SessionListing",
     "SessionRecord",
     "SigningKeyRecord",
     "Storage",
+    "capped_expiry",
     "open_storage",
 ]
 

@@ -8,6 +8,7 @@ ever waits for a second pooled connection while holding one.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import enum
 import logging
 from collections.abc import Callable, Sequence
@@ -15,17 +16,35 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .. import migrations
+from ..errors import ConflictError
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Cursor = Any
 
+# The idle deadline of a session when idle_timeout_s is off: the largest
+# signed 64-bit integer, which both BIGINT and SQLite INTEGER hold.
+NO_IDLE_DEADLINE_MS = 2**63 - 1
+
 _SESSION_COLUMNS = (
     "session_handle, user_id, refresh_token_hash2, access_token_payload, "
     "session_data, data_version, created_at_ms, expires_at_ms, "
-    "previous_refresh_token_hash2, refresh_token_changed_at_ms"
+    "previous_refresh_token_hash2, refresh_token_changed_at_ms, "
+    "last_refreshed_at_ms, idle_expires_at_ms, "
+    "device_user_agent, device_ip_address, device_label"
 )
+# The columns of ListSessions: all but the refresh token hashes and the
+# session data, which may be large.
+_LISTING_COLUMNS = (
+    "session_handle, user_id, access_token_payload, created_at_ms, "
+    "last_refreshed_at_ms, expires_at_ms, idle_expires_at_ms, "
+    "device_user_agent, device_ip_address, device_label"
+)
+# The condition that a session is live, with now_ms as both parameters. Every
+# read that treats a session as existing uses it, so a session past either
+# deadline is gone for callers before the cleanup job deletes its row.
+_LIVE = "expires_at_ms > ? AND idle_expires_at_ms > ?"
 
 
 @dataclass(frozen=True)
@@ -44,6 +63,35 @@ class SessionRecord:
     # or of a child of it, within the grace period is not theft.
     previous_refresh_token_hash2: bytes | None = None
     refresh_token_changed_at_ms: int = 0
+    # When the session was last refreshed; created_at_ms before that.
+    last_refreshed_at_ms: int = 0
+    # The session ends unless a refresh comes before this.
+    idle_expires_at_ms: int = NO_IDLE_DEADLINE_MS
+    # The device the session was created from; an empty string means unknown.
+    device_user_agent: str = ""
+    device_ip_address: str = ""
+    device_label: str = ""
+
+    @property
+    def ends_at_ms(self) -> int:
+        """When the session stops being live unless a refresh comes first."""
+        return min(self.expires_at_ms, self.idle_expires_at_ms)
+
+
+@dataclass(frozen=True)
+class SessionListing:
+    """A live session as ListSessions shows it: no token hashes, no data."""
+
+    session_handle: str
+    user_id: str
+    access_token_payload: str
+    created_at_ms: int
+    last_refreshed_at_ms: int
+    # When the session ends unless a refresh comes first.
+    ends_at_ms: int
+    device_user_agent: str
+    device_ip_address: str
+    device_label: str
 
 
 class Rotation(enum.Enum):
@@ -69,6 +117,16 @@ class SigningKeyRecord:
     private_key_pem: bytes
     created_at_ms: int
     signs_until_ms: int
+
+
+def capped_expiry(created_at_ms: int, expires_at_ms: int, max_lifetime_ms: int) -> int:
+    """Return expires_at_ms, or created_at_ms + max_lifetime_ms if that is earlier.
+
+    A max_lifetime_ms of 0 means no maximum session lifetime.
+    """
+    if max_lifetime_ms <= 0:
+        return expires_at_ms
+    return min(expires_at_ms, created_at_ms + max_lifetime_ms)
 
 
 def _classify(
@@ -102,6 +160,25 @@ def _session_from_row(row: Sequence[Any]) -> SessionRecord:
         expires_at_ms=int(row[7]),
         previous_refresh_token_hash2=None if row[8] is None else bytes(row[8]),
         refresh_token_changed_at_ms=int(row[9]),
+        last_refreshed_at_ms=int(row[10]),
+        idle_expires_at_ms=int(row[11]),
+        device_user_agent=bytes(row[12]).decode("utf-8"),
+        device_ip_address=bytes(row[13]).decode("utf-8"),
+        device_label=bytes(row[14]).decode("utf-8"),
+    )
+
+
+def _listing_from_row(row: Sequence[Any]) -> SessionListing:
+    return SessionListing(
+        session_handle=row[0],
+        user_id=bytes(row[1]).decode("utf-8"),
+        access_token_payload=bytes(row[2]).decode("utf-8"),
+        created_at_ms=int(row[3]),
+        last_refreshed_at_ms=int(row[4]),
+        ends_at_ms=min(int(row[5]), int(row[6])),
+        device_user_agent=bytes(row[7]).decode("utf-8"),
+        device_ip_address=bytes(row[8]).decode("utf-8"),
+        device_label=bytes(row[9]).decode("utf-8"),
     )
 
 
@@ -201,12 +278,30 @@ class Storage(abc.ABC):
 
     # -- sessions -------------------------------------------------------------
 
-    def create_session(self, record: SessionRecord) -> None:
-        def work(cursor: Cursor) -> None:
+    def create_session(
+        self, record: SessionRecord, *, max_sessions_per_user: int = 0
+    ) -> list[str]:
+        """Insert a session; return the handles of the sessions it evicted.
+
+        With max_sessions_per_user above 0, the oldest live sessions of the
+        user are deleted in the same transaction, so that the user has at
+        most that many live sessions after the insert. Sessions are live
+        relative to record.created_at_ms.
+        """
+
+        def work(cursor: Cursor) -> list[str]:
+            evicted: list[str] = []
+            if max_sessions_per_user > 0:
+                evicted = self._evict_oldest_sessions(
+                    cursor,
+                    record.user_id,
+                    max_sessions_per_user - 1,
+                    record.created_at_ms,
+                )
             self._execute(
                 cursor,
                 f"INSERT INTO sessiond_sessions ({_SESSION_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     record.session_handle,
                     record.user_id.encode("utf-8"),
@@ -218,10 +313,46 @@ class Storage(abc.ABC):
                     record.expires_at_ms,
                     record.previous_refresh_token_hash2,
                     record.refresh_token_changed_at_ms,
+                    record.last_refreshed_at_ms,
+                    record.idle_expires_at_ms,
+                    record.device_user_agent.encode("utf-8"),
+                    record.device_ip_address.encode("utf-8"),
+                    record.device_label.encode("utf-8"),
                 ),
             )
+            return evicted
 
-        self._write(work)
+        return self._write(work)
+
+    def _evict_oldest_sessions(
+        self, cursor: Cursor, user_id: str, keep: int, now_ms: int
+    ) -> list[str]:
+        """Delete all but the newest keep live sessions of a user; return the deleted handles.
+
+        On MySQL the locking read takes next-key locks on the user's range of
+        the (user_id, expires_at_ms) index, so a concurrent create for the
+        same user waits or deadlocks and is retried, and cannot slip past
+        the count.
+        NOTE: this relies on InnoDB's default REPEATABLE READ isolation. Under
+        READ COMMITTED there are no gap locks, so two concurrent creates can
+        leave the user one session over the maximum.
+        """
+        self._execute(
+            cursor,
+            f"SELECT session_handle FROM sessiond_sessions WHERE user_id = ? AND {_LIVE} "
+            f"ORDER BY created_at_ms, session_handle{self.for_update}",
+            (user_id.encode("utf-8"), now_ms, now_ms),
+        )
+        handles = [row[0] for row in cursor.fetchall()]
+        evicted = handles[: max(0, len(handles) - keep)]
+        if evicted:
+            marks = ", ".join("?" for _ in evicted)
+            self._execute(
+                cursor,
+                f"DELETE FROM sessiond_sessions WHERE session_handle IN ({marks})",
+                evicted,
+            )
+        return evicted
 
     def get_session(self, handle: str, now_ms: int) -> SessionRecord | None:
         """Return the live session with this handle, or None."""
@@ -230,8 +361,8 @@ class Storage(abc.ABC):
             self._execute(
                 cursor,
                 f"SELECT {_SESSION_COLUMNS} FROM sessiond_sessions "
-                "WHERE session_handle = ? AND expires_at_ms > ?",
-                (handle, now_ms),
+                f"WHERE session_handle = ? AND {_LIVE}",
+                (handle, now_ms, now_ms),
             )
             row = cursor.fetchone()
             return None if row is None else _session_from_row(row)
@@ -246,13 +377,19 @@ class Storage(abc.ABC):
         now_ms: int,
         expires_at_ms: int,
         grace_ms: int,
+        *,
+        idle_expires_at_ms: int = NO_IDLE_DEADLINE_MS,
+        max_lifetime_ms: int = 0,
     ) -> RotationResult:
-        """Check a refresh token against the stored one and slide the expiry.
+        """Check a refresh token against the stored one and slide the deadlines.
 
         A child of the stored token replaces it. Inside the grace period, the
         token the stored one replaced is accepted, and a child of that token
         (a sibling of the stored one) becomes the stored token. Anything else
-        deletes the session (theft).
+        deletes the session (theft). Unless it is theft, the session gets
+        expires_at_ms (capped by capped_expiry with max_lifetime_ms) and
+        idle_expires_at_ms, and last_refreshed_at_ms becomes now_ms. The
+        returned session is the row as it was before this call.
         """
 
         def work(cursor: Cursor) -> RotationResult:
@@ -270,8 +407,16 @@ class Storage(abc.ABC):
             self._store_refresh_token(cursor, session, outcome, token_hash2, now_ms)
             self._execute(
                 cursor,
-                "UPDATE sessiond_sessions SET expires_at_ms = ? WHERE session_handle = ?",
-                (expires_at_ms, handle),
+                "UPDATE sessiond_sessions SET expires_at_ms = ?, idle_expires_at_ms = ?, "
+                "last_refreshed_at_ms = ? WHERE session_handle = ?",
+                (
+                    capped_expiry(
+                        session.created_at_ms, expires_at_ms, max_lifetime_ms
+                    ),
+                    idle_expires_at_ms,
+                    now_ms,
+                    handle,
+                ),
             )
             return RotationResult(outcome, session)
 
@@ -342,8 +487,8 @@ class Storage(abc.ABC):
         self._execute(
             cursor,
             f"SELECT {_SESSION_COLUMNS} FROM sessiond_sessions "
-            f"WHERE session_handle = ? AND expires_at_ms > ?{self.for_update}",
-            (handle, now_ms),
+            f"WHERE session_handle = ? AND {_LIVE}{self.for_update}",
+            (handle, now_ms, now_ms),
         )
         row = cursor.fetchone()
         return None if row is None else _session_from_row(row)
@@ -379,7 +524,7 @@ class Storage(abc.ABC):
         def work(cursor: Cursor) -> list[str]:
             self._execute(
                 cursor,
-                "SELECT session_handle, expires_at_ms FROM sessiond_sessions "
+                "SELECT session_handle, expires_at_ms, idle_expires_at_ms FROM sessiond_sessions "
                 f"WHERE user_id = ? ORDER BY created_at_ms, session_handle{self.for_update}",
                 (key,),
             )
@@ -388,7 +533,7 @@ class Storage(abc.ABC):
                 self._execute(
                     cursor, "DELETE FROM sessiond_sessions WHERE user_id = ?", (key,)
                 )
-            return [row[0] for row in rows if int(row[1]) > now_ms]
+            return [row[0] for row in rows if min(int(row[1]), int(row[2])) > now_ms]
 
         return self._write(work)
 
@@ -396,11 +541,25 @@ class Storage(abc.ABC):
         def work(cursor: Cursor) -> list[str]:
             self._execute(
                 cursor,
-                "SELECT session_handle FROM sessiond_sessions WHERE user_id = ? AND expires_at_ms > ? "
+                f"SELECT session_handle FROM sessiond_sessions WHERE user_id = ? AND {_LIVE} "
                 "ORDER BY created_at_ms, session_handle",
-                (user_id.encode("utf-8"), now_ms),
+                (user_id.encode("utf-8"), now_ms, now_ms),
             )
             return [row[0] for row in cursor.fetchall()]
+
+        return self._read(work)
+
+    def list_sessions(self, user_id: str, now_ms: int) -> list[SessionListing]:
+        """Return the live sessions of a user, oldest first."""
+
+        def work(cursor: Cursor) -> list[SessionListing]:
+            self._execute(
+                cursor,
+                f"SELECT {_LISTING_COLUMNS} FROM sessiond_sessions WHERE user_id = ? AND {_LIVE} "
+                "ORDER BY created_at_ms, session_handle",
+                (user_id.encode("utf-8"), now_ms, now_ms),
+            )
+            return [_listing_from_row(row) for row in cursor.fetchall()]
 
         return self._read(work)
 
@@ -411,39 +570,103 @@ class Storage(abc.ABC):
             self._execute(
                 cursor,
                 "SELECT session_data, data_version FROM sessiond_sessions "
-                "WHERE session_handle = ? AND expires_at_ms > ?",
-                (handle, now_ms),
+                f"WHERE session_handle = ? AND {_LIVE}",
+                (handle, now_ms, now_ms),
             )
             row = cursor.fetchone()
             return None if row is None else (bytes(row[0]).decode("utf-8"), int(row[1]))
 
         return self._read(work)
 
-    def update_session_data(self, handle: str, data: str, now_ms: int) -> int | None:
+    def update_session_data(
+        self,
+        handle: str,
+        data: str,
+        now_ms: int,
+        expected_version: int | None = None,
+    ) -> int | None:
         """Overwrite the data of a live session; return the new version, or None.
 
         This is a plain UPDATE, never an upsert, so a write that races with a
         revoke cannot bring the session back.
+
+        Raises:
+            ConflictError: expected_version is set and differs from the stored
+                version; nothing is written.
+        """
+        written = self.rewrite_session_data(
+            handle, lambda _old: data, now_ms, expected_version
+        )
+        return None if written is None else written[1]
+
+    def rewrite_session_data(
+        self,
+        handle: str,
+        rewrite: Callable[[str], str],
+        now_ms: int,
+        expected_version: int | None = None,
+    ) -> tuple[str, int] | None:
+        """Replace a live session's data with rewrite(stored data JSON), under the row lock.
+
+        Return the new (data JSON, data version), or None when there is no
+        live session. rewrite runs inside the transaction, and again if the
+        transaction is retried, so it must only compute. An exception from it
+        rolls the transaction back and propagates, leaving the data unchanged.
+
+        Raises:
+            ConflictError: expected_version is set and differs from the stored
+                version; nothing is written.
         """
 
-        def work(cursor: Cursor) -> int | None:
+        def work(cursor: Cursor) -> tuple[str, int] | None:
             session = self._lock_session(cursor, handle, now_ms)
             if session is None:
                 return None
+            if (
+                expected_version is not None
+                and expected_version != session.data_version
+            ):
+                raise ConflictError(expected_version, session.data_version)
+            data = rewrite(session.session_data)
             version = session.data_version + 1
             self._execute(
                 cursor,
                 "UPDATE sessiond_sessions SET session_data = ?, data_version = ? WHERE session_handle = ?",
                 (data.encode("utf-8"), version, handle),
             )
-            return version
+            return data, version
+
+        return self._write(work)
+
+    def update_access_token_payload(
+        self, handle: str, payload: str, now_ms: int
+    ) -> SessionRecord | None:
+        """Store a new access token payload (JSON object text) for a live session.
+
+        Return the session as stored after the update, or None when there is
+        no live session.
+        """
+
+        def work(cursor: Cursor) -> SessionRecord | None:
+            session = self._lock_session(cursor, handle, now_ms)
+            if session is None:
+                return None
+            self._execute(
+                cursor,
+                "UPDATE sessiond_sessions SET access_token_payload = ? WHERE session_handle = ?",
+                (payload.encode("utf-8"), handle),
+            )
+            return dataclasses.replace(session, access_token_payload=payload)
 
         return self._write(work)
 
     def delete_expired_sessions(self, now_ms: int, batch_size: int) -> int:
-        """Delete at most batch_size expired sessions; return how many."""
+        """Delete at most batch_size sessions past either deadline; return how many."""
 
         def work(cursor: Cursor) -> int:
+            # One query per deadline, so each can use its own index. The
+            # second skips sessions the first one finds, so that a batch is
+            # short only when nothing else is left to delete.
             self._execute(
                 cursor,
                 "SELECT session_handle FROM sessiond_sessions WHERE expires_at_ms <= ? "
@@ -451,15 +674,26 @@ class Storage(abc.ABC):
                 (now_ms, batch_size),
             )
             handles = [row[0] for row in cursor.fetchall()]
+            if len(handles) < batch_size:
+                self._execute(
+                    cursor,
+                    "SELECT session_handle FROM sessiond_sessions "
+                    "WHERE idle_expires_at_ms <= ? AND expires_at_ms > ? "
+                    "ORDER BY idle_expires_at_ms LIMIT ?",
+                    (now_ms, now_ms, batch_size - len(handles)),
+                )
+                handles += [row[0] for row in cursor.fetchall()]
             if not handles:
                 return 0
+
             marks = ", ".join("?" for _ in handles)
-            # The expiry is checked again because a refresh may have extended
-            # one of these sessions since the SELECT.
+            # The deadlines are checked again because a refresh may have
+            # extended one of these sessions since the SELECT.
             self._execute(
                 cursor,
-                f"DELETE FROM sessiond_sessions WHERE session_handle IN ({marks}) AND expires_at_ms <= ?",
-                (*handles, now_ms),
+                f"DELETE FROM sessiond_sessions WHERE session_handle IN ({marks}) "
+                "AND (expires_at_ms <= ? OR idle_expires_at_ms <= ?)",
+                (*handles, now_ms, now_ms),
             )
             return int(cursor.rowcount)
 

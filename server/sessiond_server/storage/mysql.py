@@ -149,9 +149,7 @@ class MysqlStorage(Storage):
             try:
                 with self._connection() as connection:
                     if attempt > 1:
-                        # The pool may hold several connections the server
-                        # closed; reconnect this one before the retry uses it.
-                        connection.ping(True)
+                        _replace_if_dead(connection)
                     cursor = connection.cursor()
                     try:
                         if transaction:
@@ -222,6 +220,19 @@ class MysqlStorage(Storage):
 
     def close(self) -> None:
         self._pool.close()
+
+
+def _replace_if_dead(connection: Any) -> None:
+    """Reconnect a pooled connection that the server has closed.
+
+    The pool may hold several such connections (after wait_timeout, KILL or a
+    restart), so a retry checks the one it got. A failed ROLLBACK makes
+    DBUtils open a new connection in place of the dead one.
+    """
+    try:
+        connection.ping()
+    except pymysql.err.MySQLError:
+        _rollback(connection)
 
 
 def _rollback(connection: Any) -> None:
