@@ -8,7 +8,7 @@ LISTEN ?= 127.0.0.1:50051
 PROTOC := $(BIN)/python -m grpc_tools.protoc -I protos
 PROTOS := $(wildcard protos/sessiond/v1/*.proto)
 
-.PHONY: venv run test test-fast proto proto-check lint format clean
+.PHONY: venv run test test-fast proto proto-check lint format clean bench bench-quick
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,18 @@ proto: $(STAMP)
 ## proto-check: fail when the committed stubs differ from what protos/ generates
 proto-check: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit/test_generated_stubs.py
+
+## bench: benchmark both backends against floors; writes docs/benchmarks.md and .png
+bench: $(STAMP)
+	$(BIN)/python -c 'import matplotlib' 2>/dev/null || \
+		$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[server,dev,bench]'
+	$(BIN)/python bench/run.py
+
+## bench-quick: a smoke run of the benchmark in seconds; writes to var/bench-quick/
+bench-quick: $(STAMP)
+	$(BIN)/python -c 'import matplotlib' 2>/dev/null || \
+		$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[server,dev,bench]'
+	$(BIN)/python bench/run.py --quick --out-dir var/bench-quick
 
 lint: $(STAMP)
 	$(BIN)/ruff check client server tests examples

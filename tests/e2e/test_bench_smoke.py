@@ -1,0 +1,115 @@
+"""Smoke test of bench/run.py: its quickest run exits 0 and writes every table row."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from private_mysql import MARIADBD, mariadbd_available
+from sessiond_testing import IN_CI
+
+import sessiond
+from sessiond_server.config import Config
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+BENCH = REPOSITORY / "bench" / "run.py"
+BACKENDS = ("SQLite", "MariaDB")
+OPERATIONS = (
+    "create",
+    "verify",
+    "verify (check_database)",
+    "refresh",
+    "refresh + verify",
+    "get data",
+    "update data",
+    "revoke",
+    "merge data",
+)
+FLOORS = (
+    "empty gRPC call (server in bench process)",
+    "gRPC health check (daemon process)",
+    "INSERT",
+    "SELECT by primary key",
+    "UPDATE by primary key",
+    "SELECT ... FOR UPDATE + UPDATE in a transaction",
+    "DELETE by primary key",
+)
+CONCURRENCIES = (1, 4)
+
+
+@pytest.fixture(scope="module")
+def bench_output(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Run the bench once in its quickest mode; return its output folder."""
+    if not mariadbd_available():
+        message = (
+            f"{MARIADBD} or mariadb-install-db is not installed; install mariadb-server"
+        )
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    out_dir = tmp_path_factory.mktemp("bench")
+    args = [
+        sys.executable,
+        str(BENCH),
+        "--quick",
+        "--seconds",
+        "0.1",
+        "--concurrency",
+        ",".join(str(value) for value in CONCURRENCIES),
+        "--rss-creates",
+        "20,50",
+        "--algorithm-seconds",
+        "0.02",
+        "--out-dir",
+        str(out_dir),
+    ]
+    result = subprocess.run(
+        args, capture_output=True, text=True, timeout=120, check=False, cwd=REPOSITORY
+    )
+    assert result.returncode == 0, (
+        f"bench exited with {result.returncode}\nstdout:\n{result.stdout[-3000:]}\n"
+        f"stderr:\n{result.stderr[-3000:]}"
+    )
+    return out_dir
+
+
+def test_bench_page_has_every_operation_row(bench_output: Path) -> None:
+    page = (bench_output / "benchmarks.md").read_text(encoding="utf-8")
+    for backend in BACKENDS:
+        for operation in OPERATIONS:
+            for concurrency in CONCURRENCIES:
+                row = f"| {backend} | {operation} | {concurrency} |"
+                assert row in page, f"no row starting {row!r}"
+
+
+def test_bench_measures_merge_when_client_has_it(bench_output: Path) -> None:
+    page = (bench_output / "benchmarks.md").read_text(encoding="utf-8")
+    skipped = "| SQLite | merge data | 1 | skipped:"
+    if hasattr(sessiond.SessionClient, "merge_session_data"):
+        assert skipped not in page
+    else:
+        assert skipped in page
+
+
+def test_bench_page_has_floors_algorithms_memory(bench_output: Path) -> None:
+    page = (bench_output / "benchmarks.md").read_text(encoding="utf-8")
+    for floor in FLOORS:
+        for concurrency in CONCURRENCIES:
+            assert f"| {floor} | {concurrency} |" in page
+    for algorithm in ("EdDSA", "ES256", "RS256"):
+        assert f"| {algorithm} |" in page
+    assert f"The daemon's default is {Config().signing_algorithm}" in page
+    assert "| after startup |" in page
+    assert "| after 50 creates |" in page
+    assert "ratios to floors measured in the same run" in page
+
+
+def test_bench_writes_plot_when_matplotlib_installed(bench_output: Path) -> None:
+    plot = bench_output / "benchmarks.png"
+    if importlib.util.find_spec("matplotlib") is None:
+        assert not plot.exists()
+    else:
+        assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
