@@ -30,6 +30,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from . import metrics
 from .config import Config
 from .errors import (
     InvalidArgumentError,
@@ -244,7 +245,9 @@ class SessionManager:
             record, max_sessions_per_user=self._config.max_sessions_per_user
         )
         logger.debug("session created handle=%s", handle)
+        metrics.SESSION_EVENTS.labels("created").inc()
         if evicted:
+            metrics.SESSION_EVENTS.labels("revoked").inc(len(evicted))
             logger.info(
                 "oldest sessions revoked, max_sessions_per_user reached handle=%s revoked=%s",
                 handle,
@@ -326,6 +329,7 @@ class SessionManager:
             )
         if result.outcome is Rotation.THEFT:
             logger.warning("token theft detected handle=%s", parsed.session_handle)
+            metrics.SESSION_EVENTS.labels("theft_detected").inc()
             raise TokenTheftDetectedError(record.session_handle, record.user_id)
         # The same deadlines that rotate_refresh_token stored.
         record = dataclasses.replace(
@@ -337,19 +341,21 @@ class SessionManager:
             last_refreshed_at_ms=now,
         )
         child = self._refresh_codec.issue(record.session_handle, parsed.hash1)
+        metrics.SESSION_EVENTS.labels("refreshed").inc()
         return self._issue(record, child, parent_hash1=parsed.hash1, now_ms=now)
 
     def revoke_session(self, handle: str) -> bool:
         check_handle(handle)
-        return bool(self._storage.revoke_sessions([handle]))
+        return bool(self.revoke_sessions([handle]))
 
     def revoke_sessions(self, handles: list[str]) -> list[str]:
         check_handles(handles)
-        return self._storage.revoke_sessions(handles)
+        return _count_revoked(self._storage.revoke_sessions(handles))
 
     def revoke_all_sessions_for_user(self, user_id: str) -> list[str]:
         check_user_id(user_id)
-        return self._storage.revoke_all_sessions_for_user(user_id, self._clock())
+        revoked = self._storage.revoke_all_sessions_for_user(user_id, self._clock())
+        return _count_revoked(revoked)
 
     def list_session_handles(self, user_id: str) -> list[str]:
         check_user_id(user_id)
@@ -500,6 +506,11 @@ class SessionManager:
             now_ms=now,
         )
         return RegeneratedAccessToken(_view(record), IssuedToken(token, expiry_ms))
+
+
+def _count_revoked(handles: list[str]) -> list[str]:
+    metrics.SESSION_EVENTS.labels("revoked").inc(len(handles))
+    return handles
 
 
 def _view(record: SessionRecord) -> SessionView:

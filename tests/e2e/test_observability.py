@@ -63,6 +63,8 @@ def test_metrics_count_calls(
         == 1
     )
     assert _value(text, "sessiond_signing_key_rotations_total") == 1
+    assert _value(text, 'sessiond_session_events_total{event="created"}') == 1
+    assert _value(text, 'sessiond_session_events_total{event="revoked"}') == 1
     assert "user-metrics" not in text
     assert "payload" not in text
 
