@@ -267,8 +267,10 @@ class SessionManager:
         if claims.parent_refresh_hash1 is not None:
             return self._promote(claims, view)
         if check_database or self._config.blacklisting:
-            record = self._storage.get_session(claims.session_handle, self._clock())
-            if record is None or record.user_id != claims.user_id:
+            user_id = self._storage.live_session_user_id(
+                claims.session_handle, self._clock()
+            )
+            if user_id != claims.user_id:
                 raise UnauthorisedError(
                     "session does not exist or has expired; log the user in again"
                 )

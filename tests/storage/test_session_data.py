@@ -7,6 +7,7 @@ takes now_ms from the caller.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import threading
@@ -235,8 +236,10 @@ def test_update_payload_stored(storage: Storage) -> None:
     stored = storage.get_session(record.session_handle, NOW_MS)
 
     assert updated is not None
+    assert stored is not None
     assert updated.access_token_payload == '{"role":"admin"}'
-    assert stored == updated
+    # The update reads the row without its session data, which may be large.
+    assert updated == dataclasses.replace(stored, session_data="")
 
 
 def test_update_payload_expired_none(storage: Storage) -> None:

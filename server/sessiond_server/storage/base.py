@@ -34,6 +34,11 @@ _SESSION_COLUMNS = (
     "last_refreshed_at_ms, idle_expires_at_ms, "
     "device_user_agent, device_ip_address, device_label"
 )
+# The same columns with an empty session_data, for reads that do not need
+# the data: it may be megabytes, and verify or refresh must not fetch it.
+_SESSION_COLUMNS_WITHOUT_DATA = _SESSION_COLUMNS.replace(
+    "session_data,", "X'' AS session_data,"
+)
 # The columns of ListSessions: all but the refresh token hashes and the
 # session data, which may be large.
 _LISTING_COLUMNS = (
@@ -354,6 +359,23 @@ class Storage(abc.ABC):
             )
         return evicted
 
+    def live_session_user_id(self, handle: str, now_ms: int) -> str | None:
+        """Return the user id of the live session with this handle, or None.
+
+        This is the database check of a verify, so it reads one short column.
+        """
+
+        def work(cursor: Cursor) -> str | None:
+            self._execute(
+                cursor,
+                f"SELECT user_id FROM sessiond_sessions WHERE session_handle = ? AND {_LIVE}",
+                (handle, now_ms, now_ms),
+            )
+            row = cursor.fetchone()
+            return None if row is None else bytes(row[0]).decode("utf-8")
+
+        return self._read(work)
+
     def get_session(self, handle: str, now_ms: int) -> SessionRecord | None:
         """Return the live session with this handle, or None."""
 
@@ -482,11 +504,13 @@ class Storage(abc.ABC):
             )
 
     def _lock_session(
-        self, cursor: Cursor, handle: str, now_ms: int
+        self, cursor: Cursor, handle: str, now_ms: int, *, with_data: bool = False
     ) -> SessionRecord | None:
+        """Read and lock a live session; its session_data is "" unless with_data."""
+        columns = _SESSION_COLUMNS if with_data else _SESSION_COLUMNS_WITHOUT_DATA
         self._execute(
             cursor,
-            f"SELECT {_SESSION_COLUMNS} FROM sessiond_sessions "
+            f"SELECT {columns} FROM sessiond_sessions "
             f"WHERE session_handle = ? AND {_LIVE}{self.for_update}",
             (handle, now_ms, now_ms),
         )
@@ -619,7 +643,7 @@ class Storage(abc.ABC):
         """
 
         def work(cursor: Cursor) -> tuple[str, int] | None:
-            session = self._lock_session(cursor, handle, now_ms)
+            session = self._lock_session(cursor, handle, now_ms, with_data=True)
             if session is None:
                 return None
             if (
