@@ -102,6 +102,7 @@ class KeyManager:
         self._signing: SigningKey | None = None
         self._lock = threading.Lock()
         self._last_reload_ms = 0
+        self._last_kid_reload_ms = 0
 
     @classmethod
     def for_config(cls, config: Config, storage: Storage) -> KeyManager:
@@ -228,10 +229,17 @@ class KeyManager:
                 if key.signs_until_ms + self._verify_window_ms > self._clock()
                 else None
             )
-        if self._clock() - self._last_reload_ms < UNKNOWN_KID_RELOAD_INTERVAL_MS:
+        # Only reloads made for an unknown kid count against the limit: the
+        # periodic reloads of a signing daemon must not hide a key that
+        # another daemon created a moment ago.
+        if self._clock() - self._last_kid_reload_ms < UNKNOWN_KID_RELOAD_INTERVAL_MS:
             return None
         with self._lock:
-            if self._clock() - self._last_reload_ms >= UNKNOWN_KID_RELOAD_INTERVAL_MS:
+            if (
+                self._clock() - self._last_kid_reload_ms
+                >= UNKNOWN_KID_RELOAD_INTERVAL_MS
+            ):
+                self._last_kid_reload_ms = self._clock()
                 self._reload_locked()
         return self._keys.get(kid)
 
