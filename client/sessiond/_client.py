@@ -26,12 +26,27 @@ from .v1 import session_pb2_grpc
 __all__ = ["DEFAULT_TIMEOUT_S", "SessionClient"]
 
 DEFAULT_TIMEOUT_S = 10.0
+MAX_RECEIVE_MESSAGE_BYTES = 65 * 1024 * 1024
 API_KEY_METADATA = "x-api-key"
 # modify_session_data waits a random time between attempts, up to this many
 # seconds after the first conflict, doubling per attempt up to the maximum.
 RETRY_BACKOFF_FIRST_S = 0.005
 RETRY_BACKOFF_MAX_S = 0.1
 T = TypeVar("T")
+
+
+def channel_options_with_defaults(
+    options: Sequence[tuple[str, Any]],
+) -> list[tuple[str, Any]]:
+    """Return options plus defaults for any the caller did not set.
+
+    The receive limit matches the largest session data a daemon may be
+    configured to accept (64 MiB) plus room for the rest of the message,
+    where gRPC's own default of 4 MiB would reject large data on read.
+    """
+    given = {name for name, _ in options}
+    defaults = [("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES)]
+    return list(options) + [item for item in defaults if item[0] not in given]
 
 
 def _dump(value: Any, field: str) -> str:
@@ -82,11 +97,12 @@ class SessionClient:
     ) -> None:
         self._timeout = timeout
         self._metadata = ((API_KEY_METADATA, api_key),) if api_key else ()
+        channel_options = channel_options_with_defaults(options)
         if credentials is None:
-            self._channel = grpc.insecure_channel(target, options=list(options))
+            self._channel = grpc.insecure_channel(target, options=channel_options)
         else:
             self._channel = grpc.secure_channel(
-                target, credentials, options=list(options)
+                target, credentials, options=channel_options
             )
         self._stub = session_pb2_grpc.SessionServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._closed = False

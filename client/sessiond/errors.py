@@ -16,6 +16,8 @@ in one place, ``from_rpc_error``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -40,6 +42,21 @@ class SessionError(Exception):
         super().__init__(message)
         self.message = message
         self.code = code
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exception pickling passes only the positional arguments, so the
+        # keyword-only attributes travel as state, for process pools and
+        # task queues.
+        return (_rebuild, (type(self), self.message, self.__dict__))
+
+
+def _rebuild(
+    cls: type[SessionError], message: str, state: dict[str, Any]
+) -> SessionError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(state)
+    return error
 
 
 class UnauthorisedError(SessionError):

@@ -110,8 +110,9 @@ def _serve(config: Config) -> int:
         logger.info("signal received signal=%s", signal.Signals(signum).name)
         stopping.set()
 
-    # Handlers go in first, so a SIGTERM that arrives during start still
-    # ends in a graceful stop.
+    # Handlers go in before the daemon starts, so a SIGTERM that arrives
+    # while it connects and binds still ends in a graceful stop. NOTE: one
+    # that arrives while Python is still importing ends the process at once.
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     daemon = Daemon.start(config)

@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 
 ENV_PREFIX = "SESSIOND_"
 MIN_API_KEY_CHARS = 16
+# Settings whose values never appear in messages or logs.
+SECRET_SETTINGS = frozenset({"database_url", "api_keys", "key_encryption_key"})
 SIGNING_ALGORITHMS = ("EdDSA", "ES256", "RS256")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
@@ -247,8 +249,9 @@ def _check_type(name: str, value: Any, annotation: Any) -> None:
         and isinstance(value, bool)
         or not isinstance(value, expected)
     ):
+        shown = "(hidden)" if name in SECRET_SETTINGS else repr(value)
         raise ConfigError(
-            f"{name}: expected {annotation}, got {type(value).__name__} {value!r}"
+            f"{name}: expected {annotation}, got {type(value).__name__} {shown}"
         )
 
 
@@ -277,6 +280,11 @@ def _check_listen(listen: str, name: str = "listen", *, unix: bool = True) -> No
 def _check_database_url(url: str) -> None:
     parts = urlsplit(url)
     if parts.scheme == "sqlite":
+        if ":memory:" in url or "mode=memory" in url:
+            raise ConfigError(
+                "database_url: an in-memory SQLite database is not supported, because each "
+                "pooled connection would see its own empty database; use a file path"
+            )
         if not parts.path or parts.path == "/":
             raise ConfigError(
                 "database_url: sqlite URL needs a file path, for example sqlite:///var/lib/sessiond/db"

@@ -28,6 +28,9 @@ def _handler_for(keys: KeyManager) -> type[BaseHTTPRequestHandler]:
     class JwksHandler(BaseHTTPRequestHandler):
         server_version = "sessiond"
         sys_version = ""
+        # Seconds a connection may stay silent before it is closed, so idle
+        # or half-sent requests cannot pile up threads.
+        timeout = 10
 
         def do_GET(self) -> None:  # noqa: N802 - name fixed by BaseHTTPRequestHandler
             if self.path.split("?", 1)[0] != JWKS_PATH:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -13,7 +15,7 @@ import grpc
 from sessiond.v1 import session_pb2 as pb
 from sessiond.v1 import session_pb2_grpc
 
-from .errors import SessiondError, error_status
+from .errors import SessiondError, UnavailableError, error_status
 from .keys import KeyManager
 from .sessions import IssuedSession, IssuedToken, SessionManager, SessionView
 from .storage import SessionListing
@@ -27,6 +29,30 @@ Handler = TypeVar("Handler", bound=Callable[..., Any])
 _INTERNAL = SessiondError("internal error; the daemon's log has the details")
 
 
+class _RateLimitedLog:
+    """Log a failure at most once per interval, with how many happened since."""
+
+    def __init__(self, interval_s: float) -> None:
+        self._interval_s = interval_s
+        self._lock = threading.Lock()
+        self._last_s = -interval_s
+        self._suppressed = 0
+
+    def record(self, method: str, error: Exception) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._last_s < self._interval_s:
+                self._suppressed += 1
+                return
+            count, self._suppressed, self._last_s = self._suppressed + 1, 0, now
+        logger.warning(
+            "database unavailable method=%s failures=%d error=%s", method, count, error
+        )
+
+
+_unavailable_log = _RateLimitedLog(interval_s=10.0)
+
+
 def translate_errors(handler: Handler) -> Handler:
     """Turn domain errors into a status, and anything else into INTERNAL with a fixed message."""
 
@@ -34,6 +60,9 @@ def translate_errors(handler: Handler) -> Handler:
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
             return handler(self, request, context)
+        except UnavailableError as error:
+            _unavailable_log.record(handler.__name__, error)
+            context.abort_with_status(error_status(error))
         except SessiondError as error:
             context.abort_with_status(error_status(error))
         except Exception:

@@ -200,6 +200,10 @@ class AccessTokenCodec:
             raise UnauthorisedError(
                 f"access token is {len(token)} characters, longer than any token sessiond issues"
             )
+        if "=" in token:
+            # Base64url in a JWS has no padding; allowing it would give one
+            # token several spellings.
+            raise UnauthorisedError("access token is malformed")
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:

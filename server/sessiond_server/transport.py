@@ -5,6 +5,8 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+import socket
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -117,9 +119,7 @@ def bind(server: grpc.Server, config: Config) -> str:
         return int(server.add_secure_port(address, credentials))
 
     if listen.startswith("unix:"):
-        path = listen[len("unix:") :]
-        if os.path.exists(path):
-            os.unlink(path)
+        _remove_stale_socket(listen[len("unix:") :])
         if add_port(listen) == 0:
             raise StartError(f"listen: cannot bind {listen}")
         return listen
@@ -131,6 +131,28 @@ def bind(server: grpc.Server, config: Config) -> str:
         raise StartError(f"listen: cannot bind {listen}; is the port in use?")
     host = listen.rsplit(":", 1)[0]
     return f"{host}:{port}"
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Remove a socket left by an earlier run; refuse to touch any other file."""
+    folder = os.path.dirname(path) or "."
+    if not os.path.isdir(folder):
+        raise StartError(f"listen: folder {folder} of the unix socket does not exist")
+    if not os.path.lexists(path):
+        return
+    if not stat.S_ISSOCK(os.lstat(path).st_mode):
+        raise StartError(
+            f"listen: {path} exists and is not a socket; choose another path or remove it"
+        )
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)  # nothing listens: a leftover of a stopped daemon
+    else:
+        raise StartError(f"listen: another process is listening on {path}")
+    finally:
+        probe.close()
 
 
 def set_socket_mode(config: Config) -> None:

@@ -17,6 +17,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -919,3 +920,17 @@ def test_module_level_new_calls(daemon: DaemonProcess) -> None:
         assert sessiond.get_session(access, csrf).handle == session.handle
     finally:
         sessiond.close()
+
+
+def test_data_over_grpc_default_limit(
+    start_daemon: Callable[..., DaemonProcess], tmp_path: Path
+) -> None:
+    # gRPC's default receive limit is 4 MiB; the client raises it, so data the
+    # daemon accepts can also be read back.
+    daemon = start_daemon(
+        f"sqlite:///{tmp_path / 'large.db'}", max_session_data_bytes=6 * 1024 * 1024
+    )
+    value = {"blob": "x" * (5 * 1024 * 1024)}
+    with daemon.client(timeout=60) as client:
+        session = client.create_new_session("user-large", None, value)
+        assert client.get_session_data(session.handle) == value

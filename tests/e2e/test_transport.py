@@ -204,3 +204,36 @@ def test_default_listens_on_loopback() -> None:
     from sessiond_server.config import Config
 
     assert Config().listen.startswith("127.0.0.1:")
+
+
+def test_unix_path_not_a_socket_kept(tmp_path: Path, sqlite_url: str) -> None:
+    victim = tmp_path / "important.txt"
+    victim.write_text("keep me")
+    daemon = DaemonProcess(sqlite_url, tmp_path / "victim.log", listen=f"unix:{victim}")
+    with pytest.raises(RuntimeError, match="is not a socket"):
+        daemon.start()
+    assert victim.read_text() == "keep me"
+
+
+def test_unix_socket_folder_missing(tmp_path: Path, sqlite_url: str) -> None:
+    daemon = DaemonProcess(
+        sqlite_url,
+        tmp_path / "missing.log",
+        listen=f"unix:{tmp_path / 'nope' / 's.sock'}",
+    )
+    with pytest.raises(RuntimeError, match="does not exist"):
+        daemon.start()
+
+
+def test_unix_socket_in_use_kept(
+    start_daemon: Callable[..., DaemonProcess], sqlite_url: str, tmp_path: Path
+) -> None:
+    socket_path = tmp_path / "shared.sock"
+    first = start_daemon(sqlite_url, listen=f"unix:{socket_path}")
+    second = DaemonProcess(
+        sqlite_url, tmp_path / "second.log", listen=f"unix:{socket_path}"
+    )
+    with pytest.raises(RuntimeError, match="another process is listening"):
+        second.start()
+    with first.client() as client:
+        client.create_new_session("user-still-served")

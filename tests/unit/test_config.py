@@ -375,3 +375,18 @@ def test_session_limits_from_environ() -> None:
     assert config.idle_timeout_s == 1800
     assert config.max_session_lifetime_s == 86400
     assert config.max_sessions_per_user == 5
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite:///:memory:", "sqlite:///file:x?mode=memory&cache=shared"]
+)
+def test_in_memory_sqlite_rejected(url: str) -> None:
+    with pytest.raises(ConfigError, match="database_url: an in-memory SQLite"):
+        Config(database_url=url)
+
+
+def test_wrong_type_secret_hidden() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Config(database_url=["mysql://u:hunter2@h/db"])  # type: ignore[arg-type]
+    assert "database_url" in str(caught.value)
+    assert "hunter2" not in str(caught.value)

@@ -536,3 +536,11 @@ def test_access_fuzz_jwt_shaped(eddsa: AccessSetup, data: st.DataObject) -> None
 
     with pytest.raises((UnauthorisedError, TryRefreshTokenError)):
         eddsa.codec.verify(token)
+
+
+@pytest.mark.parametrize("padding", ["=", "==", "=="])
+def test_access_padded_signature_rejected(eddsa: AccessSetup, padding: str) -> None:
+    token, _ = eddsa.issue()
+    eddsa.codec.verify(token)
+    with pytest.raises(UnauthorisedError):
+        eddsa.codec.verify(token + padding)
