@@ -194,6 +194,7 @@ class Daemon:
             config, storage, keys, server, health_servicer, address, threading.Event()
         )
         daemon._http_servers = http_servers
+        metrics.track_pool(storage.pool_stats)
         daemon._set_serving(True)
         daemon._start_jobs()
         logger.info("listening address=%s", address)

@@ -65,6 +65,11 @@ def test_metrics_count_calls(
     assert _value(text, "sessiond_signing_key_rotations_total") == 1
     assert _value(text, 'sessiond_session_events_total{event="created"}') == 1
     assert _value(text, 'sessiond_session_events_total{event="revoked"}') == 1
+    in_use = _value(text, 'sessiond_database_pool_connections{state="in_use"}')
+    idle = _value(text, 'sessiond_database_pool_connections{state="idle"}')
+    # No call is running; the health check may hold one connection for a moment.
+    assert in_use <= 1
+    assert in_use + idle == 10
     assert "user-metrics" not in text
     assert "payload" not in text
 

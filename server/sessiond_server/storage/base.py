@@ -225,6 +225,10 @@ class Storage(abc.ABC):
         """Return a context manager that serialises migrations across daemons."""
 
     @abc.abstractmethod
+    def pool_stats(self) -> tuple[int, int]:
+        """Return (connections in use, pool size)."""
+
+    @abc.abstractmethod
     def close(self) -> None:
         """Close every connection."""
 

@@ -26,6 +26,7 @@ import pymysql
 from dbutils.pooled_db import PooledDB
 from pymysql.constants import CLIENT
 
+from .. import metrics
 from ..errors import UnavailableError
 from .base import Cursor, Storage
 
@@ -116,6 +117,9 @@ class MysqlStorage(Storage):
         self._arguments = connect_arguments(url, timeout_s)
         self._timeout_s = timeout_s
         self._slots = threading.BoundedSemaphore(pool_size)
+        self._pool_size = pool_size
+        self._in_use = 0
+        self._count_lock = threading.Lock()
         self._pool = PooledDB(
             creator=pymysql,
             maxconnections=pool_size,
@@ -130,10 +134,13 @@ class MysqlStorage(Storage):
     @contextlib.contextmanager
     def _connection(self) -> Iterator[Any]:
         if not self._slots.acquire(timeout=self._timeout_s):
+            metrics.DATABASE_ERRORS.labels("pool_timeout").inc()
             raise UnavailableError(
                 f"no database connection became free within {self._timeout_s} s; "
                 "raise db_pool_size or lower the load"
             )
+        with self._count_lock:
+            self._in_use += 1
         try:
             connection = self._pool.connection()
             try:
@@ -141,7 +148,12 @@ class MysqlStorage(Storage):
             finally:
                 connection.close()
         finally:
+            with self._count_lock:
+                self._in_use -= 1
             self._slots.release()
+
+    def pool_stats(self) -> tuple[int, int]:
+        return self._in_use, self._pool_size
 
     def _run(self, work: Callable[[Cursor], T], *, transaction: bool) -> T:
         for attempt in range(1, MAX_ATTEMPTS + 1):
@@ -167,6 +179,7 @@ class MysqlStorage(Storage):
                         with contextlib.suppress(Exception):
                             cursor.close()
             except (pymysql.err.OperationalError, pymysql.err.InterfaceError) as exc:
+                metrics.DATABASE_ERRORS.labels(_error_kind(exc)).inc()
                 if committing and _is_connection_lost(exc):
                     raise UnavailableError(
                         "database connection lost during COMMIT; the write may or may not "
@@ -178,6 +191,7 @@ class MysqlStorage(Storage):
                     raise UnavailableError(
                         f"database call failed after {MAX_ATTEMPTS} attempts: {exc.args[-1]}"
                     ) from exc
+                metrics.DATABASE_RETRIES.inc()
                 logger.warning(
                     "database call failed, retrying attempt=%d error=%s",
                     attempt,
@@ -233,6 +247,16 @@ def _replace_if_dead(connection: Any) -> None:
         connection.ping()
     except pymysql.err.MySQLError:
         _rollback(connection)
+
+
+def _error_kind(exc: BaseException) -> str:
+    if _is_connection_lost(exc):
+        return "connection_lost"
+    if _error_number(exc) == DEADLOCK:
+        return "deadlock"
+    if _error_number(exc) == LOCK_WAIT_TIMEOUT:
+        return "lock_wait_timeout"
+    return "other"
 
 
 def _rollback(connection: Any) -> None:

@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
+from .. import metrics
 from ..errors import UnavailableError
 from .base import Cursor, Storage
 
@@ -70,6 +71,7 @@ class SqliteStorage(Storage):
             try:
                 return work(cursor)
             except sqlite3.OperationalError as exc:
+                metrics.DATABASE_ERRORS.labels("sqlite").inc()
                 raise UnavailableError(f"SQLite read failed: {exc}") from exc
             finally:
                 cursor.close()
@@ -84,6 +86,7 @@ class SqliteStorage(Storage):
                 return result
             except sqlite3.OperationalError as exc:
                 _rollback(connection)
+                metrics.DATABASE_ERRORS.labels("sqlite").inc()
                 raise UnavailableError(f"SQLite write failed: {exc}") from exc
             except BaseException:
                 _rollback(connection)
@@ -100,6 +103,9 @@ class SqliteStorage(Storage):
 
     def _migration_lock(self) -> Any:
         return self._migrating
+
+    def pool_stats(self) -> tuple[int, int]:
+        return len(self._all) - self._idle.qsize(), len(self._all)
 
     def close(self) -> None:
         for connection in self._all:
