@@ -20,6 +20,7 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from private_mysql import PrivateMysqlServer
 from sessiond_testing import DaemonProcess
 
@@ -264,6 +265,20 @@ def test_killed_pool_connections_reconnect(
 # -- server restart -----------------------------------------------------------------
 
 
+def wait_for_health(address: str, expected: str, within_s: float) -> bool:
+    """Poll the gRPC health service until it reports expected; return whether it did."""
+    want = health_pb2.HealthCheckResponse.ServingStatus.Value(expected)
+    deadline = time.monotonic() + within_s
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            response = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+            if response.status == want:
+                return True
+            time.sleep(0.2)
+    return False
+
+
 def test_server_restart_while_daemon_runs(
     private_mysql: MysqlStarter, start_daemon: StartDaemon
 ) -> None:
@@ -288,7 +303,11 @@ def test_server_restart_while_daemon_runs(
         with pytest.raises(sessiond.UnavailableError):
             client.refresh_session(refresh)
 
+        # The health check pings the database every 2 s.
+        assert wait_for_health(daemon.address, "NOT_SERVING", within_s=10)
+
         server.start()
+        assert wait_for_health(daemon.address, "SERVING", within_s=10)
 
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
