@@ -37,7 +37,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -57,6 +57,7 @@ __all__ = [
     "UNAUTHORISED",
     "UNAVAILABLE",
     "CookieUpdate",
+    "apply_cookies",
     "SessionRejectedError",
     "TokenTransport",
     "WebSettings",
@@ -472,3 +473,31 @@ class TokenTransport:
         )
         session.revoke()
         return self.cleared_cookies()
+
+
+def apply_cookies(response: Any, cookies: Iterable[CookieUpdate]) -> None:
+    """Add a Set-Cookie header to the response for each cookie update.
+
+    Flask's and Starlette's responses both take these keyword arguments.
+    """
+    for cookie in cookies:
+        if cookie.deletes:
+            response.delete_cookie(
+                cookie.name,
+                path=cookie.path,
+                domain=cookie.domain,
+                secure=cookie.secure,
+                httponly=cookie.http_only,
+                samesite=cookie.same_site,
+            )
+        else:
+            response.set_cookie(
+                cookie.name,
+                cookie.value,
+                max_age=cookie.max_age,
+                path=cookie.path,
+                domain=cookie.domain,
+                secure=cookie.secure,
+                httponly=cookie.http_only,
+                samesite=cookie.same_site,
+            )

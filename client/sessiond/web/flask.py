@@ -34,6 +34,7 @@ from ._transport import (
     SessionRejectedError,
     TokenTransport,
     WebSettings,
+    apply_cookies,
     device_from_request,
 )
 
@@ -43,31 +44,6 @@ __all__ = ["SessionAuth", "apply_cookies"]
 # request, as a list of CookieUpdate.
 _PENDING_COOKIES_ATTRIBUTE = "sessiond_pending_cookies"
 _EXTENSION_NAME = "sessiond"
-
-
-def apply_cookies(response: Response, cookies: Iterable[CookieUpdate]) -> None:
-    """Add a Set-Cookie header to the response for each cookie update."""
-    for cookie in cookies:
-        if cookie.deletes:
-            response.delete_cookie(
-                cookie.name,
-                path=cookie.path,
-                domain=cookie.domain,
-                secure=cookie.secure,
-                httponly=cookie.http_only,
-                samesite=cookie.same_site,
-            )
-        else:
-            response.set_cookie(
-                cookie.name,
-                cookie.value,
-                max_age=cookie.max_age,
-                path=cookie.path,
-                domain=cookie.domain,
-                secure=cookie.secure,
-                httponly=cookie.http_only,
-                samesite=cookie.same_site,
-            )
 
 
 def _json_response(

@@ -43,6 +43,7 @@ from ._transport import (
     SessionRejectedError,
     TokenTransport,
     WebSettings,
+    apply_cookies,
     device_from_request,
 )
 
@@ -56,31 +57,6 @@ __all__ = [
 # The scope key under which SessionCookieMiddleware stores the cookies that
 # handlers set in this request, as a list of CookieUpdate.
 PENDING_COOKIES_KEY = "sessiond.pending_cookies"
-
-
-def apply_cookies(response: Response, cookies: Iterable[CookieUpdate]) -> None:
-    """Add a Set-Cookie header to the response for each cookie update."""
-    for cookie in cookies:
-        if cookie.deletes:
-            response.delete_cookie(
-                cookie.name,
-                path=cookie.path,
-                domain=cookie.domain,
-                secure=cookie.secure,
-                httponly=cookie.http_only,
-                samesite=cookie.same_site,
-            )
-        else:
-            response.set_cookie(
-                cookie.name,
-                cookie.value,
-                max_age=cookie.max_age,
-                path=cookie.path,
-                domain=cookie.domain,
-                secure=cookie.secure,
-                httponly=cookie.http_only,
-                samesite=cookie.same_site,
-            )
 
 
 def _set_cookie_header(cookie: CookieUpdate) -> bytes:
