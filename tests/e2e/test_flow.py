@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -250,9 +252,18 @@ def test_grace_either_response_kept(
     with daemon.client() as client:
         session = client.create_new_session("user-14")
         assert session.refresh_token is not None
-        responses = [
-            client.refresh_session(session.refresh_token.value) for _ in range(2)
-        ]
+        # Two tabs refresh at the same moment with the same token.
+        barrier = threading.Barrier(2)
+
+        def refresh(token: str) -> sessiond.Session:
+            barrier.wait()
+            return client.refresh_session(token)
+
+        with ThreadPoolExecutor(2) as pool:
+            futures = [
+                pool.submit(refresh, session.refresh_token.value) for _ in range(2)
+            ]
+            responses = [future.result() for future in futures]
         # Each response is used once, as two tabs would, and then only the
         # kept one goes on.
         for response in responses:
