@@ -28,7 +28,7 @@ LOG_FORMATS = ("text", "json")
 # Ten years: long enough for any real token lifetime, and far from the
 # 64-bit millisecond limit, so no expiry computation can wrap.
 MAX_VALIDITY_S = 10 * 365 * 24 * 3600
-# gRPC rejects messages above its receive limit before sessiond sees them, so
+# gRPC rejects messages above its receive limit before sessiond receives them, so
 # session data must leave room for the rest of the message.
 MAX_SESSION_DATA_LIMIT_BYTES = 64 * 1024 * 1024
 # A bound that only catches typos. With the limit on, each new session locks

@@ -228,7 +228,7 @@ class Daemon:
         self.keys.reload()
 
     def _check_health(self) -> None:
-        """Report NOT_SERVING while the database does not answer, and SERVING again once it does."""
+        """Report NOT_SERVING while the database fails a ping, and SERVING again once it passes."""
         try:
             self.storage.ping()
             serving = True

@@ -2,7 +2,7 @@
 
 Refresh tokens rotate on every refresh. The new (child) token is not stored:
 it names its parent, and the parent stays stored until the client proves it
-holds the child, by refreshing with it or by verifying an access token
+has the child, by refreshing with it or by verifying an access token
 issued with it. Then the child replaces the parent. A refresh token that is
 neither the stored one nor a child of it is an old token replayed, so the
 session is deleted and the caller gets TOKEN_THEFT_DETECTED.
@@ -82,7 +82,7 @@ class IssuedToken:
 
 @dataclass(frozen=True)
 class SessionView:
-    """What a caller learns about a session from its tokens."""
+    """The part of a session that its access token carries."""
 
     session_handle: str
     user_id: str
@@ -294,9 +294,9 @@ class SessionManager:
             )
         if result.outcome is Rotation.THEFT:
             # The session moved on to another branch of refresh tokens. The
-            # access token itself is genuine and unexpired, so it stays valid
-            # as a stateless token would; its refresh token is what a replay
-            # would use, and the refresh path deals with that.
+            # access token is genuine and unexpired, so it stays valid, as a
+            # stateless token would. A replay of its refresh token is caught
+            # by the refresh path.
             return VerifiedSession(view, None)
         if result.outcome is not Rotation.CURRENT:
             logger.debug(
@@ -524,7 +524,7 @@ def _view(record: SessionRecord) -> SessionView:
 def _check_anti_csrf(claims: AccessClaims, anti_csrf_token: str | None) -> None:
     """Compare the anti-CSRF token with the hash in the access token, in constant time.
 
-    A failure asks the caller to refresh and never ends the session, so a
+    A failure raises TRY_REFRESH_TOKEN and never ends the session, so a
     forged cross-site request cannot log the user out.
     """
     if not anti_csrf_token:

@@ -1,8 +1,8 @@
 """The storage interface and the SQL that every backend shares.
 
 Each public method runs in one connection and at most one transaction, and
-never calls another storage method while it holds its connection, so no call
-ever waits for a second pooled connection while holding one.
+never calls another storage method while it has its connection, so no call
+ever waits for a second pooled connection while it has one.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ class SessionListing:
 
 
 class Rotation(enum.Enum):
-    """How a refresh token relates to the one stored for its session."""
+    """The relation of a presented refresh token to the one stored for its session."""
 
     CURRENT = "current"  # the stored token itself
     PROMOTED = "promoted"  # a child of the stored token, now stored in its place
