@@ -7,7 +7,7 @@ issued with it. Then the child replaces the parent. A refresh token that is
 neither the stored one nor a child of it is an old token replayed, so the
 session is deleted and the caller gets TOKEN_THEFT_DETECTED.
 
-Two refreshes racing with the same token both succeed: each sees the same
+Two refreshes racing with the same token both succeed: each finds the same
 stored parent (or promotes the same child) under the row lock, and each
 returns its own child. For refresh_grace_period_s after the stored token
 changes, the token it replaced and that token's other children are still

@@ -54,7 +54,8 @@ def test_refresh_then_verify_new_token(client: sessiond.SessionClient) -> None:
     assert first.refresh_token is not None
     refreshed = client.refresh_session(first.refresh_token.value)
     assert refreshed.handle == first.handle
-    assert refreshed.access_token is not None and refreshed.anti_csrf_token is not None
+    assert refreshed.access_token is not None
+    assert refreshed.anti_csrf_token is not None
     assert refreshed.refresh_token is not None
     assert refreshed.refresh_token.value != first.refresh_token.value
 
@@ -81,7 +82,8 @@ def test_first_use_of_child_token_promotes(
     first = client.create_new_session("user-4")
     assert first.refresh_token is not None
     child = client.refresh_session(first.refresh_token.value)
-    assert child.access_token is not None and child.anti_csrf_token is not None
+    assert child.access_token is not None
+    assert child.anti_csrf_token is not None
     assert "prth" in decode_claims(child.access_token.value)
 
     verified = client.get_session(child.access_token.value, child.anti_csrf_token.value)
@@ -139,7 +141,8 @@ def test_revoke_sessions_returns_existing(client: sessiond.SessionClient) -> Non
 
 def test_check_database_sees_revoke(client: sessiond.SessionClient) -> None:
     session = client.create_new_session("user-8")
-    assert session.access_token is not None and session.anti_csrf_token is not None
+    assert session.access_token is not None
+    assert session.anti_csrf_token is not None
     session.revoke()
     # Without the database check the token stays valid until it expires.
     client.get_session(session.access_token.value, session.anti_csrf_token.value)
@@ -159,7 +162,8 @@ def test_expired_access_token_asks_for_refresh(
     )
     with daemon.client() as client:
         session = client.create_new_session("user-9")
-        assert session.access_token is not None and session.anti_csrf_token is not None
+        assert session.access_token is not None
+        assert session.anti_csrf_token is not None
         assert session.refresh_token is not None
         # exp is whole seconds, so the token is invalid 2 s after issue at the latest.
         time.sleep(2.1)
@@ -182,7 +186,8 @@ def test_blacklisting_checks_database_on_every_verify(
     daemon = start_daemon(database_url, blacklisting=True)
     with daemon.client() as client:
         session = client.create_new_session("user-10")
-        assert session.access_token is not None and session.anti_csrf_token is not None
+        assert session.access_token is not None
+        assert session.anti_csrf_token is not None
         client.get_session(session.access_token.value, session.anti_csrf_token.value)
         session.revoke()
         with pytest.raises(sessiond.UnauthorisedError):
@@ -274,10 +279,12 @@ def test_grace_either_response_kept(
             )
         chosen = responses[0] if kept == "first" else responses[1]
         other = responses[1] if kept == "first" else responses[0]
-        assert chosen.refresh_token is not None and other.refresh_token is not None
+        assert chosen.refresh_token is not None
+        assert other.refresh_token is not None
 
         rotated = client.refresh_session(chosen.refresh_token.value)
-        assert rotated.access_token is not None and rotated.anti_csrf_token is not None
+        assert rotated.access_token is not None
+        assert rotated.anti_csrf_token is not None
         client.get_session(rotated.access_token.value, rotated.anti_csrf_token.value)
         assert client.get_all_session_handles_for_user("user-14") == [session.handle]
 

@@ -51,7 +51,9 @@ def test_log_has_no_secrets(
         client.update_session_data(session.handle, {"note": DATA_MARKER + "-2"})
 
         child = client.refresh_session(session.refresh_token.value)
-        assert child.access_token and child.refresh_token and child.anti_csrf_token
+        assert child.access_token
+        assert child.refresh_token
+        assert child.anti_csrf_token
         secrets += [
             child.access_token.value,
             child.refresh_token.value,

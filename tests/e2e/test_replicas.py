@@ -56,7 +56,9 @@ def test_sessions_move_between_replicas(
             assert verified.handle == session.handle
 
             child = next_client().refresh_session(session.refresh_token.value)
-            assert child.access_token and child.anti_csrf_token and child.refresh_token
+            assert child.access_token
+            assert child.anti_csrf_token
+            assert child.refresh_token
             promoted = next_client().get_session(
                 child.access_token.value, child.anti_csrf_token.value
             )
@@ -87,7 +89,8 @@ def test_one_key_per_rotation(
         while time.monotonic() < deadline:
             for client in clients:
                 session = client.create_new_session("user-rotation")
-                assert session.access_token and session.anti_csrf_token
+                assert session.access_token
+                assert session.anti_csrf_token
                 for other in clients:
                     other.get_session(
                         session.access_token.value, session.anti_csrf_token.value

@@ -46,7 +46,8 @@ def test_revoke_racing_refresh(client: sessiond.SessionClient) -> None:
         if isinstance(refreshed, sessiond.Session):
             outcomes.add("refresh first")
             assert refreshed.refresh_token is not None
-            assert refreshed.access_token and refreshed.anti_csrf_token
+            assert refreshed.access_token
+            assert refreshed.anti_csrf_token
             # The child of a revoked session is dead too, and no theft is reported.
             try:
                 client.refresh_session(refreshed.refresh_token.value)
@@ -72,7 +73,8 @@ def test_revoke_racing_verify(client: sessiond.SessionClient) -> None:
         session = client.create_new_session(f"user-verify-race-{index}")
         assert session.refresh_token is not None
         child = client.refresh_session(session.refresh_token.value)
-        assert child.access_token and child.anti_csrf_token
+        assert child.access_token
+        assert child.anti_csrf_token
         access, csrf = child.access_token.value, child.anti_csrf_token.value
         verified, revoked = _race(
             lambda access=access, csrf=csrf: client.get_session(access, csrf),
