@@ -2,7 +2,7 @@
 
 Access token: a JWT signed with the current signing key. Besides the
 caller's payload it carries sub (user id), sid (session handle), iat and exp
-(whole seconds), iss, rth (hash of the refresh token issued with it), prth
+(whole seconds; iat rounded down, exp up), iss, rth (hash of the refresh token issued with it), prth
 (hash of that refresh token's parent, while the parent is still the stored
 one) and csrf (hash of the anti-CSRF token).
 
@@ -165,7 +165,9 @@ class AccessTokenCodec:
     ) -> tuple[str, int]:
         """Sign an access token; return it with its expiry in milliseconds."""
         issued_at_s = now_ms // 1000
-        expiry_s = issued_at_s + self._validity_s
+        # Round exp up, never down: a token lives at least its validity, so a
+        # 1 s token issued at x.999 is not already dead 1 ms later.
+        expiry_s = -(-(now_ms + self._validity_s * 1000) // 1000)
         claims: dict[str, Any] = dict(payload)
         claims.update(
             iss=self._issuer,

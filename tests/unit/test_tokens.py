@@ -329,8 +329,11 @@ def test_access_header_names_key(any_algorithm: AccessSetup) -> None:
     assert header["alg"] == key.algorithm
 
 
-def test_access_times_are_whole_seconds(any_algorithm: AccessSetup) -> None:
-    now_ms = clock.now_ms() + 999
+@pytest.mark.parametrize("fraction_ms", [0, 1, 500, 999])
+def test_access_times_are_whole_seconds(
+    any_algorithm: AccessSetup, fraction_ms: int
+) -> None:
+    now_ms = (clock.now_ms() // 1000) * 1000 + fraction_ms
     token, expiry_ms = any_algorithm.issue(now_ms=now_ms)
 
     claims = jwt.decode(token, options={"verify_signature": False})
@@ -338,8 +341,19 @@ def test_access_times_are_whole_seconds(any_algorithm: AccessSetup) -> None:
     assert type(claims["iat"]) is int
     assert type(claims["exp"]) is int
     assert claims["iat"] == now_ms // 1000
-    assert claims["exp"] == claims["iat"] + VALIDITY_S
     assert expiry_ms == claims["exp"] * 1000
+
+
+@pytest.mark.parametrize("fraction_ms", [0, 1, 500, 999])
+def test_access_token_lives_at_least_its_validity(
+    any_algorithm: AccessSetup, fraction_ms: int
+) -> None:
+    now_ms = (clock.now_ms() // 1000) * 1000 + fraction_ms
+    _, expiry_ms = any_algorithm.issue(now_ms=now_ms)
+
+    lifetime_ms = expiry_ms - now_ms
+
+    assert VALIDITY_S * 1000 <= lifetime_ms < VALIDITY_S * 1000 + 1000
 
 
 def test_access_expired_try_refresh(eddsa: AccessSetup) -> None:
