@@ -65,6 +65,7 @@ class Config:
     migrate_on_start: bool = True
     cleanup_interval_s: int = 3600
     grpc_workers: int = 32
+    max_revocation_watchers: int = 64
     shutdown_grace_s: float = 10.0
     log_level: str = "INFO"
     api_keys: str = field(default="", repr=False)
@@ -125,6 +126,7 @@ class Config:
         _check_range("db_timeout_s", self.db_timeout_s, 0.1, 600)
         _check_range("cleanup_interval_s", self.cleanup_interval_s, 1, MAX_VALIDITY_S)
         _check_range("grpc_workers", self.grpc_workers, 1, 10000)
+        _check_range("max_revocation_watchers", self.max_revocation_watchers, 0, 10000)
         _check_range("shutdown_grace_s", self.shutdown_grace_s, 0, 3600)
         if self.signing_algorithm not in SIGNING_ALGORITHMS:
             raise ConfigError(

@@ -22,6 +22,8 @@ from .config import Config
 from .jwks_http import start_jwks_server
 from .keys import KeyManager
 from .migrations import LATEST_VERSION
+from .revocations import RevocationFeed
+from .revocations import retention_ms as revocation_retention_ms
 from .sealing import Sealer, UnsealError
 from .service import SessionServicer
 from .sessions import REFRESH_SECRET_NAME, SessionManager
@@ -121,6 +123,7 @@ class Daemon:
     health: health.HealthServicer
     address: str
     _stop: threading.Event
+    feed: RevocationFeed
     _serving: bool = False
     _http_servers: list[Any] = field(default_factory=list)
 
@@ -153,13 +156,28 @@ class Daemon:
             secret = sealer.open(stored, context)
         except UnsealError as exc:
             raise StartError(str(exc)) from None
+        feed = RevocationFeed(
+            storage,
+            retention_ms=revocation_retention_ms(
+                config.access_token_validity_s, config.clock_skew_leeway_s
+            ),
+            clock=clock.now_ms,
+        )
         sessions = SessionManager(
-            config, storage, keys, RefreshTokenCodec(secret), clock.now_ms
+            config,
+            storage,
+            keys,
+            RefreshTokenCodec(secret),
+            clock.now_ms,
+            on_revoke=feed.wake,
         )
         limit = max_message_bytes(config)
         server = grpc.server(
+            # Each revocation stream keeps a thread for as long as it is
+            # open, so those threads come on top of grpc_workers.
             futures.ThreadPoolExecutor(
-                max_workers=config.grpc_workers, thread_name_prefix="grpc"
+                max_workers=config.grpc_workers + config.max_revocation_watchers,
+                thread_name_prefix="grpc",
             ),
             options=[
                 ("grpc.max_receive_message_length", limit),
@@ -169,7 +187,7 @@ class Daemon:
             interceptors=_interceptors(config),
         )
         session_pb2_grpc.add_SessionServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            SessionServicer(sessions, keys), server
+            SessionServicer(sessions, keys, config, feed), server
         )
         health_servicer = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -181,17 +199,26 @@ class Daemon:
             ),
             server,
         )
+        feed.start()
         http_servers = _start_http_servers(config, keys)
         try:
             address = transport.bind(server, config)
         except StartError:
             for http_server in http_servers:
                 http_server.shutdown()
+            feed.close()
             raise
         server.start()
         transport.set_socket_mode(config)
         daemon = cls(
-            config, storage, keys, server, health_servicer, address, threading.Event()
+            config,
+            storage,
+            keys,
+            server,
+            health_servicer,
+            address,
+            threading.Event(),
+            feed,
         )
         daemon._http_servers = http_servers
         metrics.track_pool(storage.pool_stats)
@@ -268,6 +295,13 @@ class Daemon:
         if total:
             metrics.EXPIRED_SESSIONS_DELETED.inc(total)
             logger.info("expired sessions deleted count=%d", total)
+        oldest_ms = clock.now_ms() - self.feed.retention_ms
+        while not self._stop.is_set():
+            if (
+                self.storage.delete_revocations(oldest_ms, CLEANUP_BATCH_SIZE)
+                < CLEANUP_BATCH_SIZE
+            ):
+                break
         retired = self.keys.delete_retired()
         if retired:
             logger.info("retired signing keys deleted count=%d", retired)
@@ -281,6 +315,9 @@ class Daemon:
         systemd.notify("STOPPING=1")
         self._stop.set()
         self.health.enter_graceful_shutdown()
+        # Revocation streams never end on their own: end them first, so the
+        # grace period is left to unary calls.
+        self.feed.close()
         self.server.stop(
             self.config.shutdown_grace_s if grace_s is None else grace_s
         ).wait()

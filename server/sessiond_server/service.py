@@ -7,7 +7,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
@@ -15,10 +15,18 @@ import grpc
 from sessiond.v1 import session_pb2 as pb
 from sessiond.v1 import session_pb2_grpc
 
-from .errors import SessiondError, UnavailableError, error_status
+from . import revocations
+from .config import Config
+from .errors import (
+    InvalidArgumentError,
+    SessiondError,
+    UnavailableError,
+    error_status,
+)
 from .keys import KeyManager
+from .revocations import RevocationFeed
 from .sessions import IssuedSession, IssuedToken, SessionManager, SessionView
-from .storage import SessionListing
+from .storage import Revocation, RevocationReason, SessionListing
 from .validation import Device
 
 logger = logging.getLogger(__name__)
@@ -111,6 +119,23 @@ def _device(message: pb.CreateSessionRequest) -> Device | None:
     )
 
 
+_REASONS = {
+    RevocationReason.REVOKED: pb.Revocation.REVOKED,
+    RevocationReason.THEFT: pb.Revocation.TOKEN_THEFT_DETECTED,
+    RevocationReason.EVICTED: pb.Revocation.EVICTED,
+}
+
+
+def _revocation(row: Revocation) -> pb.Revocation:
+    return pb.Revocation(
+        seq=row.seq,
+        session_handle=row.session_handle,
+        user_id=row.user_id,
+        reason=_REASONS[row.reason],
+        revoked_at_ms=row.revoked_at_ms,
+    )
+
+
 def _session_details(listing: SessionListing) -> pb.SessionDetails:
     details = pb.SessionDetails(
         session_handle=listing.session_handle,
@@ -134,9 +159,20 @@ def _session_details(listing: SessionListing) -> pb.SessionDetails:
 
 
 class SessionServicer(session_pb2_grpc.SessionServiceServicer):
-    def __init__(self, sessions: SessionManager, keys: KeyManager) -> None:
+    def __init__(
+        self,
+        sessions: SessionManager,
+        keys: KeyManager,
+        config: Config,
+        feed: RevocationFeed | None = None,
+    ) -> None:
         self._sessions = sessions
         self._keys = keys
+        self._config = config
+        self._feed = feed
+        self._watchers = threading.BoundedSemaphore(
+            max(1, config.max_revocation_watchers)
+        )
 
     @translate_errors
     def CreateSession(
@@ -278,5 +314,68 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         self, request: pb.GetJwksRequest, context: grpc.ServicerContext
     ) -> pb.GetJwksResponse:
         return pb.GetJwksResponse(
-            jwks_json=json.dumps(self._keys.jwks(), separators=(",", ":"))
+            jwks_json=json.dumps(self._keys.jwks(), separators=(",", ":")),
+            issuer=self._config.issuer,
+            clock_skew_leeway_s=self._config.clock_skew_leeway_s,
+            anti_csrf=self._config.anti_csrf,
+            blacklisting=self._config.blacklisting,
+            access_token_validity_s=self._config.access_token_validity_s,
         )
+
+    def WatchRevocations(
+        self, request: pb.WatchRevocationsRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.WatchRevocationsResponse]:
+        if request.after_seq < 0:
+            context.abort_with_status(
+                error_status(
+                    InvalidArgumentError(
+                        "after_seq",
+                        f"{request.after_seq} is negative; send 0 or the "
+                        "resume_after_seq of the last message",
+                    )
+                )
+            )
+        if self._feed is None or self._config.max_revocation_watchers == 0:
+            context.abort_with_status(
+                error_status(
+                    UnavailableError(
+                        "revocation stream is off (max_revocation_watchers = 0); "
+                        "verify tokens through VerifySession"
+                    )
+                )
+            )
+        if not self._watchers.acquire(blocking=False):
+            logger.warning(
+                "revocation watcher rejected, limit reached max_revocation_watchers=%d",
+                self._config.max_revocation_watchers,
+            )
+            context.abort_with_status(
+                error_status(
+                    UnavailableError(
+                        "too many revocation watchers on this daemon; retry later, "
+                        "or raise max_revocation_watchers"
+                    )
+                )
+            )
+        released = threading.Event()
+
+        def release() -> None:
+            if not released.is_set():
+                released.set()
+                self._watchers.release()
+
+        # Runs when the stream ends for any reason, including a client that
+        # goes away while the generator waits.
+        context.add_callback(release)
+        heartbeat_ms = int(revocations.HEARTBEAT_S * 1000)
+        try:
+            for batch in self._feed.watch(request.after_seq):
+                if not context.is_active():
+                    return
+                yield pb.WatchRevocationsResponse(
+                    revocations=[_revocation(row) for row in batch.revocations],
+                    resume_after_seq=batch.resume_after_seq,
+                    heartbeat_ms=heartbeat_ms,
+                )
+        finally:
+            release()

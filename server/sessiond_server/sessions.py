@@ -122,9 +122,13 @@ class SessionManager:
         keys: KeyManager,
         refresh_codec: RefreshTokenCodec,
         clock: Callable[[], int],
+        *,
+        on_revoke: Callable[[], None] | None = None,
     ) -> None:
         self._config = config
         self._storage = storage
+        # Called after a commit that wrote the revocation log.
+        self._on_revoke = on_revoke or (lambda: None)
         self._refresh_codec = refresh_codec
         self._clock = clock
         # A token is the JSON payload in base64 (4/3 larger), plus headers,
@@ -247,7 +251,7 @@ class SessionManager:
         logger.debug("session created handle=%s", handle)
         metrics.SESSION_EVENTS.labels("created").inc()
         if evicted:
-            metrics.SESSION_EVENTS.labels("revoked").inc(len(evicted))
+            self._revoked(evicted)
             logger.info(
                 "oldest sessions revoked, max_sessions_per_user reached handle=%s revoked=%s",
                 handle,
@@ -332,6 +336,7 @@ class SessionManager:
         if result.outcome is Rotation.THEFT:
             logger.warning("token theft detected handle=%s", parsed.session_handle)
             metrics.SESSION_EVENTS.labels("theft_detected").inc()
+            self._on_revoke()
             raise TokenTheftDetectedError(record.session_handle, record.user_id)
         # The same deadlines that rotate_refresh_token stored.
         record = dataclasses.replace(
@@ -352,12 +357,18 @@ class SessionManager:
 
     def revoke_sessions(self, handles: list[str]) -> list[str]:
         check_handles(handles)
-        return _count_revoked(self._storage.revoke_sessions(handles))
+        return self._revoked(self._storage.revoke_sessions(handles, self._clock()))
 
     def revoke_all_sessions_for_user(self, user_id: str) -> list[str]:
         check_user_id(user_id)
         revoked = self._storage.revoke_all_sessions_for_user(user_id, self._clock())
-        return _count_revoked(revoked)
+        return self._revoked(revoked)
+
+    def _revoked(self, handles: list[str]) -> list[str]:
+        if handles:
+            metrics.SESSION_EVENTS.labels("revoked").inc(len(handles))
+            self._on_revoke()
+        return handles
 
     def list_session_handles(self, user_id: str) -> list[str]:
         check_user_id(user_id)
@@ -508,11 +519,6 @@ class SessionManager:
             now_ms=now,
         )
         return RegeneratedAccessToken(_view(record), IssuedToken(token, expiry_ms))
-
-
-def _count_revoked(handles: list[str]) -> list[str]:
-    metrics.SESSION_EVENTS.labels("revoked").inc(len(handles))
-    return handles
 
 
 def _view(record: SessionRecord) -> SessionView:

@@ -408,7 +408,7 @@ def test_update_data_expired_none(storage: Storage) -> None:
 
 def test_update_data_after_revoke_none(storage: Storage) -> None:
     record = add_session(storage)
-    storage.revoke_sessions([record.session_handle])
+    storage.revoke_sessions([record.session_handle], NOW_MS)
 
     result = storage.update_session_data(record.session_handle, '{"n":1}', NOW_MS)
 
@@ -464,7 +464,7 @@ def test_revoke_returns_existing_handles(storage: Storage) -> None:
     missing = new_handle()
     requested = [missing, second.session_handle, first.session_handle, missing]
 
-    revoked = storage.revoke_sessions(requested)
+    revoked = storage.revoke_sessions(requested, NOW_MS)
 
     assert revoked == [second.session_handle, first.session_handle]
     assert storage.get_session(first.session_handle, NOW_MS) is None
@@ -472,14 +472,14 @@ def test_revoke_returns_existing_handles(storage: Storage) -> None:
 
 
 def test_revoke_empty_list(storage: Storage) -> None:
-    assert storage.revoke_sessions([]) == []
+    assert storage.revoke_sessions([], NOW_MS) == []
 
 
 def test_revoke_leaves_other_sessions(storage: Storage) -> None:
     target = add_session(storage)
     bystander = add_session(storage)
 
-    storage.revoke_sessions([target.session_handle])
+    storage.revoke_sessions([target.session_handle], NOW_MS)
 
     assert storage.get_session(bystander.session_handle, NOW_MS) == bystander
 

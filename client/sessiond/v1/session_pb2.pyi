@@ -1,4 +1,5 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -275,7 +276,57 @@ class GetJwksRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetJwksResponse(_message.Message):
-    __slots__ = ("jwks_json",)
+    __slots__ = ("jwks_json", "issuer", "clock_skew_leeway_s", "anti_csrf", "blacklisting", "access_token_validity_s")
     JWKS_JSON_FIELD_NUMBER: _ClassVar[int]
+    ISSUER_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_SKEW_LEEWAY_S_FIELD_NUMBER: _ClassVar[int]
+    ANTI_CSRF_FIELD_NUMBER: _ClassVar[int]
+    BLACKLISTING_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_TOKEN_VALIDITY_S_FIELD_NUMBER: _ClassVar[int]
     jwks_json: str
-    def __init__(self, jwks_json: _Optional[str] = ...) -> None: ...
+    issuer: str
+    clock_skew_leeway_s: int
+    anti_csrf: bool
+    blacklisting: bool
+    access_token_validity_s: int
+    def __init__(self, jwks_json: _Optional[str] = ..., issuer: _Optional[str] = ..., clock_skew_leeway_s: _Optional[int] = ..., anti_csrf: _Optional[bool] = ..., blacklisting: _Optional[bool] = ..., access_token_validity_s: _Optional[int] = ...) -> None: ...
+
+class WatchRevocationsRequest(_message.Message):
+    __slots__ = ("after_seq",)
+    AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    after_seq: int
+    def __init__(self, after_seq: _Optional[int] = ...) -> None: ...
+
+class Revocation(_message.Message):
+    __slots__ = ("seq", "session_handle", "user_id", "reason", "revoked_at_ms")
+    class Reason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        REASON_UNSPECIFIED: _ClassVar[Revocation.Reason]
+        REVOKED: _ClassVar[Revocation.Reason]
+        TOKEN_THEFT_DETECTED: _ClassVar[Revocation.Reason]
+        EVICTED: _ClassVar[Revocation.Reason]
+    REASON_UNSPECIFIED: Revocation.Reason
+    REVOKED: Revocation.Reason
+    TOKEN_THEFT_DETECTED: Revocation.Reason
+    EVICTED: Revocation.Reason
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    SESSION_HANDLE_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    session_handle: str
+    user_id: str
+    reason: Revocation.Reason
+    revoked_at_ms: int
+    def __init__(self, seq: _Optional[int] = ..., session_handle: _Optional[str] = ..., user_id: _Optional[str] = ..., reason: _Optional[_Union[Revocation.Reason, str]] = ..., revoked_at_ms: _Optional[int] = ...) -> None: ...
+
+class WatchRevocationsResponse(_message.Message):
+    __slots__ = ("revocations", "resume_after_seq", "heartbeat_ms")
+    REVOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    RESUME_AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_MS_FIELD_NUMBER: _ClassVar[int]
+    revocations: _containers.RepeatedCompositeFieldContainer[Revocation]
+    resume_after_seq: int
+    heartbeat_ms: int
+    def __init__(self, revocations: _Optional[_Iterable[_Union[Revocation, _Mapping]]] = ..., resume_after_seq: _Optional[int] = ..., heartbeat_ms: _Optional[int] = ...) -> None: ...

@@ -109,6 +109,11 @@ class SessionServiceStub:
                 request_serializer=sessiond_dot_v1_dot_session__pb2.GetJwksRequest.SerializeToString,
                 response_deserializer=sessiond_dot_v1_dot_session__pb2.GetJwksResponse.FromString,
                 _registered_method=True)
+        self.WatchRevocations = channel.unary_stream(
+                '/sessiond.v1.SessionService/WatchRevocations',
+                request_serializer=sessiond_dot_v1_dot_session__pb2.WatchRevocationsRequest.SerializeToString,
+                response_deserializer=sessiond_dot_v1_dot_session__pb2.WatchRevocationsResponse.FromString,
+                _registered_method=True)
 
 
 class SessionServiceServicer:
@@ -220,6 +225,17 @@ class SessionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchRevocations(self, request, context):
+        """Stream the sessions that end by revoke, theft detection or eviction, as
+        they happen, for SDKs that verify access tokens locally. The first
+        message replays every revocation that may still matter (one access
+        token validity back, or from after_seq), and a message with no
+        revocations arrives at least every heartbeat_ms while nothing happens.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SessionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -297,6 +313,11 @@ def add_SessionServiceServicer_to_server(servicer, server):
                     servicer.GetJwks,
                     request_deserializer=sessiond_dot_v1_dot_session__pb2.GetJwksRequest.FromString,
                     response_serializer=sessiond_dot_v1_dot_session__pb2.GetJwksResponse.SerializeToString,
+            ),
+            'WatchRevocations': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchRevocations,
+                    request_deserializer=sessiond_dot_v1_dot_session__pb2.WatchRevocationsRequest.FromString,
+                    response_serializer=sessiond_dot_v1_dot_session__pb2.WatchRevocationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -704,6 +725,33 @@ class SessionService:
             '/sessiond.v1.SessionService/GetJwks',
             sessiond_dot_v1_dot_session__pb2.GetJwksRequest.SerializeToString,
             sessiond_dot_v1_dot_session__pb2.GetJwksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchRevocations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/sessiond.v1.SessionService/WatchRevocations',
+            sessiond_dot_v1_dot_session__pb2.WatchRevocationsRequest.SerializeToString,
+            sessiond_dot_v1_dot_session__pb2.WatchRevocationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

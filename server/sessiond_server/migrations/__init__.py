@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import m0001_initial
+from . import m0001_initial, m0002_revocations
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,12 @@ MIGRATIONS = [
         m0001_initial.DESCRIPTION,
         m0001_initial.MYSQL,
         m0001_initial.SQLITE,
+    ),
+    Migration(
+        m0002_revocations.VERSION,
+        m0002_revocations.DESCRIPTION,
+        m0002_revocations.MYSQL,
+        m0002_revocations.SQLITE,
     ),
 ]
 

@@ -6,6 +6,8 @@ from urllib.parse import unquote, urlsplit
 
 from .base import (
     NO_IDLE_DEADLINE_MS,
+    Revocation,
+    RevocationReason,
     Rotation,
     RotationResult,
     SessionListing,
@@ -17,6 +19,8 @@ from .base import (
 
 __all__ = [
     "NO_IDLE_DEADLINE_MS",
+    "Revocation",
+    "RevocationReason",
     "Rotation",
     "RotationResult",
     "SessionListing",

@@ -115,6 +115,25 @@ class RotationResult:
     session: SessionRecord | None
 
 
+class RevocationReason(enum.Enum):
+    """Why a session ended, as written to the revocation log."""
+
+    REVOKED = "revoked"  # a revoke call
+    THEFT = "theft"  # a replayed refresh token
+    EVICTED = "evicted"  # the oldest session past max_sessions_per_user
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """A row of the revocation log."""
+
+    seq: int
+    session_handle: str
+    user_id: str
+    reason: RevocationReason
+    revoked_at_ms: int
+
+
 @dataclass(frozen=True)
 class SigningKeyRecord:
     kid: str
@@ -307,6 +326,12 @@ class Storage(abc.ABC):
                     max_sessions_per_user - 1,
                     record.created_at_ms,
                 )
+                self._log_revocations(
+                    cursor,
+                    [(handle, record.user_id) for handle in evicted],
+                    RevocationReason.EVICTED,
+                    record.created_at_ms,
+                )
             self._execute(
                 cursor,
                 f"INSERT INTO sessiond_sessions ({_SESSION_COLUMNS}) "
@@ -429,6 +454,9 @@ class Storage(abc.ABC):
                     "DELETE FROM sessiond_sessions WHERE session_handle = ?",
                     (handle,),
                 )
+                self._log_revocations(
+                    cursor, [(handle, session.user_id)], RevocationReason.THEFT, now_ms
+                )
                 return RotationResult(outcome, session)
             self._store_refresh_token(cursor, session, outcome, token_hash2, now_ms)
             self._execute(
@@ -521,8 +549,8 @@ class Storage(abc.ABC):
         row = cursor.fetchone()
         return None if row is None else _session_from_row(row)
 
-    def revoke_sessions(self, handles: Sequence[str]) -> list[str]:
-        """Delete sessions by handle; return the handles that existed."""
+    def revoke_sessions(self, handles: Sequence[str], now_ms: int) -> list[str]:
+        """Delete sessions by handle and log them; return the handles that existed."""
         if not handles:
             return []
         unique = list(dict.fromkeys(handles))
@@ -531,17 +559,27 @@ class Storage(abc.ABC):
         def work(cursor: Cursor) -> list[str]:
             self._execute(
                 cursor,
-                f"SELECT session_handle FROM sessiond_sessions WHERE session_handle IN ({marks}){self.for_update}",
+                f"SELECT session_handle, user_id FROM sessiond_sessions "
+                f"WHERE session_handle IN ({marks}){self.for_update}",
                 unique,
             )
-            existing = {row[0] for row in cursor.fetchall()}
+            existing = {
+                row[0]: bytes(row[1]).decode("utf-8") for row in cursor.fetchall()
+            }
             if existing:
                 self._execute(
                     cursor,
                     f"DELETE FROM sessiond_sessions WHERE session_handle IN ({marks})",
                     unique,
                 )
-            return [handle for handle in unique if handle in existing]
+            revoked = [handle for handle in unique if handle in existing]
+            self._log_revocations(
+                cursor,
+                [(handle, existing[handle]) for handle in revoked],
+                RevocationReason.REVOKED,
+                now_ms,
+            )
+            return revoked
 
         return self._write(work)
 
@@ -561,7 +599,14 @@ class Storage(abc.ABC):
                 self._execute(
                     cursor, "DELETE FROM sessiond_sessions WHERE user_id = ?", (key,)
                 )
-            return [row[0] for row in rows if min(int(row[1]), int(row[2])) > now_ms]
+            live = [row[0] for row in rows if min(int(row[1]), int(row[2])) > now_ms]
+            self._log_revocations(
+                cursor,
+                [(handle, user_id) for handle in live],
+                RevocationReason.REVOKED,
+                now_ms,
+            )
+            return live
 
         return self._write(work)
 
@@ -722,6 +767,96 @@ class Storage(abc.ABC):
                 f"DELETE FROM sessiond_sessions WHERE session_handle IN ({marks}) "
                 "AND (expires_at_ms <= ? OR idle_expires_at_ms <= ?)",
                 (*handles, now_ms, now_ms),
+            )
+            return int(cursor.rowcount)
+
+        return self._write(work)
+
+    # -- revocation log ----------------------------------------------------
+
+    def _log_revocations(
+        self,
+        cursor: Cursor,
+        sessions: Sequence[tuple[str, str]],
+        reason: RevocationReason,
+        now_ms: int,
+    ) -> None:
+        """Append (handle, user id) pairs to the revocation log in one INSERT.
+
+        Callers run it as the last statement of their transaction, so that on
+        MySQL the seq it takes is committed soon after it is allocated.
+        """
+        if not sessions:
+            return
+        self._execute(
+            cursor,
+            "INSERT INTO sessiond_revocations "
+            "(session_handle, user_id, reason, revoked_at_ms) VALUES "
+            + ", ".join("(?, ?, ?, ?)" for _ in sessions),
+            [
+                value
+                for handle, user_id in sessions
+                for value in (handle, user_id.encode("utf-8"), reason.value, now_ms)
+            ],
+        )
+
+    def read_revocations(
+        self, after_seq: int, revoked_after_ms: int, limit: int
+    ) -> list[Revocation]:
+        """Return up to limit log rows with seq above after_seq, in seq order.
+
+        Rows revoked at or before revoked_after_ms are left out.
+        """
+
+        def work(cursor: Cursor) -> list[Revocation]:
+            self._execute(
+                cursor,
+                "SELECT seq, session_handle, user_id, reason, revoked_at_ms "
+                "FROM sessiond_revocations WHERE seq > ? AND revoked_at_ms > ? "
+                "ORDER BY seq LIMIT ?",
+                (after_seq, revoked_after_ms, limit),
+            )
+            return [
+                Revocation(
+                    seq=int(row[0]),
+                    session_handle=row[1],
+                    user_id=bytes(row[2]).decode("utf-8"),
+                    reason=RevocationReason(row[3]),
+                    revoked_at_ms=int(row[4]),
+                )
+                for row in cursor.fetchall()
+            ]
+
+        return self._read(work)
+
+    def max_revocation_seq(self) -> int:
+        """Return the highest seq in the revocation log, or 0 when it is empty."""
+
+        def work(cursor: Cursor) -> int:
+            self._execute(cursor, "SELECT MAX(seq) FROM sessiond_revocations")
+            row = cursor.fetchone()
+            return 0 if row is None or row[0] is None else int(row[0])
+
+        return self._read(work)
+
+    def delete_revocations(self, revoked_before_ms: int, batch_size: int) -> int:
+        """Delete at most batch_size log rows revoked before revoked_before_ms; return how many."""
+
+        def work(cursor: Cursor) -> int:
+            self._execute(
+                cursor,
+                "SELECT seq FROM sessiond_revocations WHERE revoked_at_ms < ? "
+                "ORDER BY revoked_at_ms LIMIT ?",
+                (revoked_before_ms, batch_size),
+            )
+            sequence_numbers = [int(row[0]) for row in cursor.fetchall()]
+            if not sequence_numbers:
+                return 0
+            marks = ", ".join("?" for _ in sequence_numbers)
+            self._execute(
+                cursor,
+                f"DELETE FROM sessiond_revocations WHERE seq IN ({marks})",
+                sequence_numbers,
             )
             return int(cursor.rowcount)
 
