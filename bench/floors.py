@@ -109,7 +109,7 @@ class SqlFloor:
             ping=0,
             **connect_arguments(url, config.db_timeout_s),
         )
-        self._columns: list[Column] = self._run(_read_columns, transaction=False)
+        self._columns: list[Column] = self._run(read_columns, transaction=False)
         names = ", ".join(column.name for column in self._columns)
         marks = ", ".join("%s" for _ in self._columns)
         self._insert = f"INSERT INTO sessiond_sessions ({names}) VALUES ({marks})"
@@ -261,7 +261,7 @@ _KNOWN_VALUES: dict[str, Callable[[str], Any]] = {
 }
 
 
-def _read_columns(cursor: Any) -> list[Column]:
+def read_columns(cursor: Any) -> list[Column]:
     cursor.execute(
         "SELECT COLUMN_NAME, DATA_TYPE, IS_NULLABLE FROM information_schema.COLUMNS "
         "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'sessiond_sessions' "

@@ -55,6 +55,10 @@ class Measurement:
     def p99_ms(self) -> float:
         return self.percentile_ms(0.99)
 
+    @property
+    def max_ms(self) -> float:
+        return self.latencies_s[-1] * 1000 if self.latencies_s else math.nan
+
 
 class MeasurementError(RuntimeError):
     """A worker's setup or call raised; the message names the measurement."""

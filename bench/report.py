@@ -12,9 +12,12 @@ from importlib import metadata
 from pathlib import Path
 
 from algorithms import AlgorithmCost, default_algorithm_verdict
+from cleanup import CleanupRun
+from growth import Growth
 from harness import WARMUP_CALLS, Measurement
 from memory import RssSample
 from operations import OPERATIONS, SQL_FLOORS, OperationSpec
+from replicas import ReplicaRun
 
 GRPC_FLOOR = "empty gRPC call (server in bench process)"
 HEALTH_FLOOR = "gRPC health check (daemon process)"
@@ -50,6 +53,9 @@ class Results:
     skipped: dict[str, str] = field(default_factory=dict)
     rss: list[RssSample] = field(default_factory=list)
     algorithms: list[AlgorithmCost] = field(default_factory=list)
+    growth: Growth | None = None
+    cleanup: CleanupRun | None = None
+    replicas: ReplicaRun | None = None
     wall_time_s: float = 0.0
     load_at_start: str = field(default_factory=lambda: read_load_average())
     load_at_end: str = ""
@@ -394,10 +400,14 @@ def render(results: Results, plot_written: bool) -> str:
     if results.rss and results.rss[-1].creates < 100_000:
         lines += [
             f"The run stopped at {results.rss[-1].creates:,} creates to keep "
-            "`make bench` within about 5 minutes; `bench/run.py --rss-creates "
+            "`make bench` within about 12 minutes; `bench/run.py --rss-creates "
             "20000,100000` measures the RSS after 100,000 creates.",
             "",
         ]
+    # Imported here because scale_report imports this module.
+    import scale_report
+
+    lines += scale_report.scale_lines(results)
     return "\n".join(lines)
 
 

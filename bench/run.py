@@ -3,8 +3,10 @@
 Run it with ``make bench`` (full) or ``make bench-quick`` (smoke run). It
 starts a private MariaDB server and two daemons on loopback ports. It times
 the SDK operations at each concurrency, the floors (an empty gRPC call and
-the bare SQL statements), the JWT algorithms and the daemon's memory. Then
-it writes OUT_DIR/benchmarks.md and OUT_DIR/benchmarks.png.
+the bare SQL statements), the JWT algorithms and the daemon's memory. On
+more MariaDB databases and daemons it also times one daemon against
+replicas, calls during the cleanup job, and the operations at two table
+sizes. Then it writes OUT_DIR/benchmarks.md and OUT_DIR/benchmarks.png.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 # sessiond_testing (DaemonProcess) and private_mysql live in tests/.
@@ -25,18 +28,26 @@ sys.path.insert(0, str(REPOSITORY / "tests"))
 
 import algorithms  # noqa: E402
 import report  # noqa: E402
-import suite  # noqa: E402
+import scale  # noqa: E402
 from private_mysql import PrivateMysqlServer, install_data_folder  # noqa: E402
 from sessiond_testing import DaemonProcess  # noqa: E402
 
 from sessiond_server.config import Config  # noqa: E402
 
-# 100,000 creates took 210 s in a full run on the 2-core development
-# machine, which pushed `make bench` past its 5-minute budget, so the default
-# stops at 50,000. Pass --rss-creates 20000,100000 for the larger point.
-FULL_RSS_CHECKPOINTS = "20000,50000"
+# In a full run on the shared 2-core development machine (load average 7 to
+# 10), 100,000 creates took 112 s and the whole run 453 s, within the budget
+# of about 12 minutes for `make bench`.
+FULL_RSS_CHECKPOINTS = "20000,50000,100000"
 QUICK_RSS_CHECKPOINTS = "100,300"
 QUICK_SECONDS = 0.2
+FULL_GROWTH_SESSIONS = "10000,1000000"
+QUICK_GROWTH_SESSIONS = "1000,10000"
+FULL_CLEANUP_EXPIRED = 100_000
+QUICK_CLEANUP_EXPIRED = 2000
+REPLICAS = 3
+# Upper bounds that only catch typos.
+MAX_GROWTH_SESSIONS = 10_000_000
+MAX_REPLICAS = 16
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -65,6 +76,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         f"RSS is read (default: {FULL_RSS_CHECKPOINTS}, or {QUICK_RSS_CHECKPOINTS} with --quick)",
     )
     parser.add_argument(
+        "--growth-sessions",
+        help="comma-separated stored-session counts, in increasing order, at which "
+        "the growth operations are timed; ratios compare the last with the first "
+        f"(default: {FULL_GROWTH_SESSIONS}, or {QUICK_GROWTH_SESSIONS} with --quick)",
+    )
+    parser.add_argument(
+        "--cleanup-expired",
+        type=int,
+        help="expired sessions in the table when the daemon's cleanup job starts "
+        f"(default: {FULL_CLEANUP_EXPIRED}, or {QUICK_CLEANUP_EXPIRED} with --quick)",
+    )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=REPLICAS,
+        help=f"daemons on one MariaDB database for the replica measurement (default: {REPLICAS})",
+    )
+    parser.add_argument(
         "--algorithm-seconds",
         type=float,
         help="time for each JWT sign or verify rate, in seconds (default: 1, or 0.05 with --quick)",
@@ -82,12 +111,34 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.algorithm_seconds = 0.05 if args.quick else 1.0
     if args.rss_creates is None:
         args.rss_creates = QUICK_RSS_CHECKPOINTS if args.quick else FULL_RSS_CHECKPOINTS
+    if args.growth_sessions is None:
+        args.growth_sessions = (
+            QUICK_GROWTH_SESSIONS if args.quick else FULL_GROWTH_SESSIONS
+        )
+    if args.cleanup_expired is None:
+        args.cleanup_expired = (
+            QUICK_CLEANUP_EXPIRED if args.quick else FULL_CLEANUP_EXPIRED
+        )
 
     try:
         args.concurrency = _positive_ints(args.concurrency)
         args.rss_creates = _positive_ints(args.rss_creates)
+        args.growth_sessions = _positive_ints(args.growth_sessions)
     except ValueError as exc:
         parser.error(str(exc))
+    growth = args.growth_sessions
+    if len(growth) < 2 or growth != sorted(set(growth)):
+        parser.error(
+            "--growth-sessions must list two or more counts in increasing order"
+        )
+    if growth[-1] > MAX_GROWTH_SESSIONS:
+        parser.error(
+            f"--growth-sessions counts must be at most {MAX_GROWTH_SESSIONS:,}"
+        )
+    if not 1 <= args.cleanup_expired <= MAX_GROWTH_SESSIONS:
+        parser.error(f"--cleanup-expired must be from 1 to {MAX_GROWTH_SESSIONS:,}")
+    if not 2 <= args.replicas <= MAX_REPLICAS:
+        parser.error(f"--replicas must be from 2 to {MAX_REPLICAS}")
     if args.seconds <= 0 or args.algorithm_seconds <= 0:
         parser.error("--seconds and --algorithm-seconds must be greater than 0")
     return args
@@ -118,11 +169,15 @@ def private_mariadb(folder: Path) -> Iterator[PrivateMysqlServer]:
 
 
 @contextlib.contextmanager
-def daemon(database_url: str, log_path: Path) -> Iterator[DaemonProcess]:
-    """Start `sessiond serve` with default settings and INFO logging; stop it at exit."""
+def daemon(
+    database_url: str, log_path: Path, **settings: Any
+) -> Iterator[DaemonProcess]:
+    """Start `sessiond serve` with INFO logging and settings over the defaults; stop it at exit."""
     # DaemonProcess defaults to DEBUG logging, which writes a line per
     # session created; INFO is the daemon's own default.
-    process = DaemonProcess(database_url, log_path, log_level="INFO").start()
+    process = DaemonProcess(
+        database_url, log_path, **{"log_level": "INFO", **settings}
+    ).start()
     try:
         yield process
     except BaseException:
@@ -168,6 +223,66 @@ def create_database(server: PrivateMysqlServer, name: str) -> str:
     return server.url_for(name)
 
 
+def drop_database(server: PrivateMysqlServer, name: str) -> None:
+    with server.connect() as connection, connection.cursor() as cursor:
+        cursor.execute(f"DROP DATABASE `{name}`")
+
+
+@contextlib.contextmanager
+def database_with_daemon(
+    server: PrivateMysqlServer, name: str, work: Path
+) -> Iterator[DaemonProcess]:
+    """Create database name, serve it with a default daemon, and drop it at exit.
+
+    Dropping a big table at once spares the server's shutdown from flushing it.
+    """
+    url = create_database(server, name)
+    try:
+        with daemon(url, work / f"{name}.log") as process:
+            yield process
+    finally:
+        drop_database(server, name)
+
+
+def measure_scale(
+    runner: scale.ScaleSuite,
+    mariadb: PrivateMysqlServer,
+    work: Path,
+    args: argparse.Namespace,
+    results: report.Results,
+) -> None:
+    """Time replicas, the cleanup job and table growth, each on a database of its own."""
+    replica_url = create_database(mariadb, "sessiond_replicas")
+    with contextlib.ExitStack() as replica_daemons:
+        replicas = [
+            replica_daemons.enter_context(
+                daemon(replica_url, work / f"replica-{number}.log")
+            )
+            for number in range(args.replicas)
+        ]
+        print(f"measuring {args.replicas} replicas", flush=True)
+        results.replicas = runner.measure_replicas(replicas)
+
+    cleanup_url = create_database(mariadb, "sessiond_cleanup")
+    print("measuring calls during the cleanup job", flush=True)
+    results.cleanup = runner.measure_cleanup(
+        mariadb,
+        "sessiond_cleanup",
+        lambda interval_s: daemon(
+            cleanup_url, work / "cleanup.log", cleanup_interval_s=interval_s
+        ),
+        args.cleanup_expired,
+    )
+    drop_database(mariadb, "sessiond_cleanup")
+
+    print("measuring operations at each table size", flush=True)
+    results.growth = runner.measure_growth(
+        mariadb,
+        lambda name: database_with_daemon(mariadb, name, work),
+        args.growth_sessions,
+    )
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     started = time.monotonic()
@@ -193,7 +308,13 @@ def main(argv: list[str]) -> int:
             mariadb_daemon = stack.enter_context(
                 daemon(create_database(mariadb, "sessiond_bench"), work / "mariadb.log")
             )
-            runner = suite.Suite(config, args.seconds, args.concurrency, results)
+            runner = scale.ScaleSuite(
+                config,
+                args.seconds,
+                args.concurrency,
+                results,
+                rounds=1 if args.quick else scale.FULL_ROUNDS,
+            )
             floor_url = create_database(mariadb, "sessiond_floor")
             runner.choose_client_mode(sqlite_daemon.address)
             runner.measure_grpc_floors(sqlite_daemon.address)
@@ -203,6 +324,7 @@ def main(argv: list[str]) -> int:
             print("measuring the floors again", flush=True)
             runner.measure_grpc_floors(sqlite_daemon.address)
             runner.measure_sql_floors(floor_url)
+            measure_scale(runner, mariadb, work, args, results)
         with daemon(f"sqlite:///{work / 'rss.db'}", work / "rss.log") as rss_daemon:
             print("measuring the SQLite daemon's RSS", flush=True)
             results.rss = runner.measure_rss(rss_daemon, args.rss_creates)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import grpc
@@ -60,9 +60,17 @@ class Suite:
 
     @contextlib.contextmanager
     def _clients(
-        self, address: str, concurrency: int, mode: str | None = None
+        self,
+        address: str,
+        concurrency: int,
+        mode: str | None = None,
+        *,
+        options: Sequence[tuple[str, Any]] = (),
     ) -> Iterator[ClientFor]:
-        """Yield client_for(thread index): one shared SessionClient, or one per thread."""
+        """Yield client_for(thread index): one shared SessionClient, or one per thread.
+
+        options are gRPC channel options for every client opened.
+        """
         mode = mode or self._results.client_mode
         opened: dict[int, sessiond.SessionClient] = {}
         lock = threading.Lock()
@@ -71,7 +79,7 @@ class Suite:
             key = index if mode == OWN and concurrency > 1 else 0
             with lock:
                 if key not in opened:
-                    opened[key] = sessiond.SessionClient(address)
+                    opened[key] = sessiond.SessionClient(address, options=options)
                 return opened[key]
 
         try:

@@ -38,6 +38,9 @@ FLOORS = (
     "DELETE by primary key",
 )
 CONCURRENCIES = (1, 4)
+GROWTH_SESSIONS = (300, 1000)
+GROWTH_OPERATIONS = ("create", "verify (remote)", "refresh", "get data", "update data")
+REPLICA_OPERATIONS = ("create", "verify (remote)", "get data")
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +66,10 @@ def bench_output(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "20,50",
         "--algorithm-seconds",
         "0.02",
+        "--growth-sessions",
+        ",".join(str(value) for value in GROWTH_SESSIONS),
+        "--cleanup-expired",
+        "1200",
         "--out-dir",
         str(out_dir),
     ]
@@ -113,3 +120,40 @@ def test_bench_writes_plot_when_matplotlib_installed(bench_output: Path) -> None
         assert not plot.exists()
     else:
         assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _section(page: str, heading: str) -> str:
+    """Return the text under a level-2 heading, up to the next one."""
+    start = page.index(f"## {heading}\n")
+    end = page.find("\n## ", start + 1)
+    return page[start:] if end == -1 else page[start:end]
+
+
+def test_bench_page_has_growth_rows(bench_output: Path) -> None:
+    page = (bench_output / "benchmarks.md").read_text(encoding="utf-8")
+    growth = _section(page, "Table growth")
+    for operation in GROWTH_OPERATIONS:
+        assert f"| {operation} |" in growth, f"no growth row for {operation!r}"
+    for stored in GROWTH_SESSIONS:
+        for rpc in ("ListSessions", "ListSessionHandles"):
+            row = f"| {stored:,} | {rpc} |"
+            assert row in growth, f"no EXPLAIN row starting {row!r}"
+    assert "ratio 1,000 / 300" in growth
+
+
+def test_bench_page_has_cleanup_rows(bench_output: Path) -> None:
+    page = (bench_output / "benchmarks.md").read_text(encoding="utf-8")
+    cleanup = _section(page, "Expired-session cleanup")
+    assert "1,200 expired" in cleanup
+    for operation in ("create", "get data"):
+        for window in ("before", "during", "after", "without"):
+            row = f"| {operation} | {window} cleanup |"
+            assert row in cleanup, f"no cleanup row starting {row!r}"
+
+
+def test_bench_page_has_replica_rows(bench_output: Path) -> None:
+    page = (bench_output / "benchmarks.md").read_text(encoding="utf-8")
+    replicas = _section(page, "Replicas")
+    assert "ops/s 3 replicas" in replicas
+    for operation in REPLICA_OPERATIONS:
+        assert f"| {operation} |" in replicas, f"no replica row for {operation!r}"

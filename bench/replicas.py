@@ -1,0 +1,80 @@
+"""Throughput through one daemon against several replicas on the same database.
+
+The SDK reaches the replicas through one gRPC target that lists every
+address (``ipv4:127.0.0.1:P1,127.0.0.1:P2,...``) with the round_robin load
+balancing policy, which sends each call to the next replica. Without that
+option gRPC uses pick_first and sends every call to the first address that
+connects. The CPU time that each replica's process used during a
+measurement shows how the calls were spread.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import operations
+from harness import Measurement, WorkerSetup
+from operations import ClientFor
+
+REPLICA_OPERATIONS = ("create", "verify (remote)", "get data")
+ROUND_ROBIN_OPTIONS: list[tuple[str, Any]] = [("grpc.lb_policy_name", "round_robin")]
+ONE_DAEMON = "one daemon"
+ALL_REPLICAS = "all replicas"
+
+
+@dataclass
+class ReplicaRun:
+    replicas: int
+    concurrency: int
+    rounds: int
+    target: str
+    # The faster round of each operation, keyed by (ONE_DAEMON or
+    # ALL_REPLICAS, operation name).
+    measurements: dict[tuple[str, str], Measurement] = field(default_factory=dict)
+    # Each replica's share of the replicas' CPU time during the ALL_REPLICAS
+    # measurement that was kept.
+    cpu_shares: dict[str, tuple[float, ...]] = field(default_factory=dict)
+
+    def ratio(self, operation: str) -> float | None:
+        """Return ops/s through the replicas divided by ops/s through one daemon."""
+        one_daemon = self.measurements.get((ONE_DAEMON, operation))
+        all_replicas = self.measurements.get((ALL_REPLICAS, operation))
+        if one_daemon is None or all_replicas is None or one_daemon.ops_per_s <= 0:
+            return None
+        return all_replicas.ops_per_s / one_daemon.ops_per_s
+
+
+def round_robin_target(addresses: Sequence[str]) -> str:
+    """Return one gRPC target naming every host:port address, for round_robin."""
+    if any(address.startswith("[") for address in addresses):
+        return "ipv6:" + ",".join(addresses)
+    return "ipv4:" + ",".join(addresses)
+
+
+def replica_setups(client_for: ClientFor) -> dict[str, Callable[[], WorkerSetup]]:
+    return {
+        "create": lambda: operations.create(client_for, []),
+        "verify (remote)": lambda: operations.verify(client_for, check_database=False),
+        "get data": lambda: operations.get_data(client_for),
+    }
+
+
+def cpu_seconds(pid: int) -> float:
+    """Return the user plus system CPU time of process pid from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        # The command name, in brackets, may contain spaces, so split after it.
+        fields = stat.read().rsplit(")", 1)[1].split()
+    # utime and stime are the 14th and 15th fields, counted from pid as 1.
+    ticks = int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_shares(before: Sequence[float], after: Sequence[float]) -> tuple[float, ...]:
+    used = [end - start for start, end in zip(before, after, strict=True)]
+    total = sum(used)
+    if total <= 0:
+        return tuple(0.0 for _ in used)
+    return tuple(value / total for value in used)
