@@ -117,7 +117,10 @@ def _serve(config: Config) -> int:
     signal.signal(signal.SIGINT, on_signal)
     daemon = Daemon.start(config)
     print(f"sessiond listening on {daemon.address}", flush=True)
-    while not stopping.wait(3600):
+    # Short waits, because the kernel may deliver SIGTERM to one of gRPC's
+    # threads. Python then runs the handler only once the main thread wakes,
+    # and a long wait would leave the signal pending until it ended.
+    while not stopping.wait(0.5):
         pass
     daemon.stop()
     return 0
