@@ -4,9 +4,12 @@ import sessiond
 
 with sessiond.SessionClient("127.0.0.1:50051") as client:
     session = client.create_new_session("user-1", {"role": "reader"}, {"cart": []})
+
+async with sessiond.AsyncSessionClient("127.0.0.1:50051") as client:
+    session = await client.create_new_session("user-1")
 """
 
-from ._client import DEFAULT_TIMEOUT_S as DEFAULT_TIMEOUT_S
+from ._aio import AsyncSessionClient as AsyncSessionClient
 from ._client import SessionClient as SessionClient
 from ._module import close as close
 from ._module import create_new_session as create_new_session
@@ -29,6 +32,11 @@ from ._module import revoke_session as revoke_session
 from ._module import revoke_sessions as revoke_sessions
 from ._module import update_access_token_payload as update_access_token_payload
 from ._module import update_session_data as update_session_data
+from ._retry import DEFAULT_RETRIES as DEFAULT_RETRIES
+from ._retry import DEFAULT_RETRY_BACKOFF_MAX_S as DEFAULT_RETRY_BACKOFF_MAX_S
+from ._retry import DEFAULT_RETRY_BACKOFF_S as DEFAULT_RETRY_BACKOFF_S
+from ._retry import DEFAULT_TIMEOUT_S as DEFAULT_TIMEOUT_S
+from ._session import AsyncSession as AsyncSession
 from ._session import DeviceInfo as DeviceInfo
 from ._session import Session as Session
 from ._session import SessionData as SessionData
@@ -47,7 +55,12 @@ from .errors import UnavailableError as UnavailableError
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_RETRIES",
+    "DEFAULT_RETRY_BACKOFF_MAX_S",
+    "DEFAULT_RETRY_BACKOFF_S",
     "DEFAULT_TIMEOUT_S",
+    "AsyncSession",
+    "AsyncSessionClient",
     "ConflictError",
     "DeviceInfo",
     "GeneralError",

@@ -1,13 +1,16 @@
-"""Session, Token, SessionInfo and the other values the client returns or takes."""
+"""Session, AsyncSession, Token, SessionInfo and the other values the clients return or take."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 if TYPE_CHECKING:
+    from ._aio import AsyncSessionClient
     from ._client import SessionClient
+
+ClientT = TypeVar("ClientT")
 
 
 @dataclass(frozen=True)
@@ -70,8 +73,8 @@ class SessionDetails:
     device: DeviceInfo | None
 
 
-class Session:
-    """A live session, as returned by create, get and refresh.
+class SessionBase(Generic[ClientT]):
+    """The fields of a live session, shared by ``Session`` and ``AsyncSession``.
 
     ``access_token_payload`` is read from the token, with no call. The token
     attributes hold the tokens this call issued, and are None for tokens it
@@ -81,7 +84,7 @@ class Session:
 
     def __init__(
         self,
-        client: SessionClient,
+        client: ClientT,
         *,
         handle: str,
         user_id: str,
@@ -99,7 +102,21 @@ class Session:
         self.anti_csrf_token = anti_csrf_token
 
     def __repr__(self) -> str:
-        return f"Session(handle={self.handle!r}, user_id={self.user_id!r})"
+        return (
+            f"{type(self).__name__}(handle={self.handle!r}, user_id={self.user_id!r})"
+        )
+
+    def _stored_payload(self, payload: dict[str, Any]) -> None:
+        self.access_token_payload = dict(payload)
+
+
+class Session(SessionBase["SessionClient"]):
+    """A live session, as ``SessionClient``'s create, get and refresh return it.
+
+    Its methods call the client for this session's handle and block.
+    """
+
+    _client: SessionClient
 
     def get_session_data(self) -> Any:
         return self._client.get_session_data(self.handle)
@@ -144,7 +161,7 @@ class Session:
         ``SessionClient.regenerate_access_token`` to get one at once.
         """
         self._client.update_access_token_payload(self.handle, payload)
-        self.access_token_payload = dict(payload)
+        self._stored_payload(payload)
 
     def get_session_info(self) -> SessionInfo:
         return self._client.get_session_info(self.handle)
@@ -152,3 +169,51 @@ class Session:
     def revoke(self) -> bool:
         """Revoke this session; return False when it no longer existed."""
         return self._client.revoke_session(self.handle)
+
+
+class AsyncSession(SessionBase["AsyncSessionClient"]):
+    """A live session, as ``AsyncSessionClient``'s create, get and refresh return it.
+
+    It has the fields of ``Session`` and the same methods, as coroutines:
+    ``await session.merge_session_data(patch)``. ``modify_session_data``
+    also accepts a coroutine function as ``change``.
+    """
+
+    _client: AsyncSessionClient
+
+    async def get_session_data(self) -> Any:
+        return await self._client.get_session_data(self.handle)
+
+    async def get_session_data_versioned(self) -> SessionData:
+        return await self._client.get_session_data_versioned(self.handle)
+
+    async def update_session_data(
+        self, data: Any, *, expected_version: int | None = None
+    ) -> int:
+        return await self._client.update_session_data(
+            self.handle, data, expected_version=expected_version
+        )
+
+    async def merge_session_data(
+        self, patch: Any, *, expected_version: int | None = None
+    ) -> SessionData:
+        return await self._client.merge_session_data(
+            self.handle, patch, expected_version=expected_version
+        )
+
+    async def modify_session_data(
+        self, change: Callable[[Any], Any], *, max_attempts: int = 5
+    ) -> SessionData:
+        return await self._client.modify_session_data(
+            self.handle, change, max_attempts=max_attempts
+        )
+
+    async def update_access_token_payload(self, payload: dict[str, Any]) -> None:
+        await self._client.update_access_token_payload(self.handle, payload)
+        self._stored_payload(payload)
+
+    async def get_session_info(self) -> SessionInfo:
+        return await self._client.get_session_info(self.handle)
+
+    async def revoke(self) -> bool:
+        return await self._client.revoke_session(self.handle)

@@ -1,0 +1,117 @@
+"""What SessionClient and AsyncSessionClient share: settings, channel options, the stub."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grpc
+
+from ._calls import Call
+from ._retry import (
+    DEFAULT_RETRIES,
+    DEFAULT_RETRY_BACKOFF_MAX_S,
+    DEFAULT_RETRY_BACKOFF_S,
+    DEFAULT_TIMEOUT_S,
+    RetryPolicy,
+)
+from .errors import GeneralError
+from .v1 import session_pb2_grpc
+
+MAX_RECEIVE_MESSAGE_BYTES = 65 * 1024 * 1024
+API_KEY_METADATA = "x-api-key"
+# Keepalive pings, only while calls are in flight, after 5 minutes without
+# activity; 20 s without an answer closes the connection. The daemon keeps
+# gRPC's server defaults: pings closer than 5 minutes apart
+# (grpc.http2.min_recv_ping_interval_without_data_ms) or with no call in
+# flight (grpc.keepalive_permit_without_calls = 0) are "strikes", and the
+# third strike (grpc.http2.max_ping_strikes = 2) closes the connection with
+# GOAWAY too_many_pings. These values stay within that policy, and at most 2
+# pings without data between them (the client's default, set explicitly)
+# could never reach a third strike.
+KEEPALIVE_TIME_MS = 300_000
+KEEPALIVE_TIMEOUT_MS = 20_000
+MAX_PINGS_WITHOUT_DATA = 2
+
+
+def channel_options_with_defaults(
+    options: Sequence[tuple[str, Any]], policy: RetryPolicy | None = None
+) -> list[tuple[str, Any]]:
+    """Return options plus defaults for any the caller did not set.
+
+    - The receive limit matches the largest session data a daemon may be
+      configured to accept (64 MiB) plus room for the rest of the message,
+      where gRPC's own default of 4 MiB would reject large data on read.
+    - Keepalive: see KEEPALIVE_TIME_MS.
+    - Reconnection: after a failed connection attempt the channel tries
+      again after ``retry_backoff_s``, growing to ``retry_backoff_max_s``,
+      the schedule of the client's retries. gRPC's defaults (1 s growing to
+      120 s) would leave the channel failing every call at once for up to
+      two minutes after a daemon comes back, and a retry made before the
+      channel reconnects fails without reaching the daemon.
+    """
+    policy = policy or RetryPolicy()
+    given = {name for name, _ in options}
+    defaults = [
+        ("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES),
+        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        ("grpc.keepalive_permit_without_calls", 0),
+        ("grpc.http2.max_pings_without_data", MAX_PINGS_WITHOUT_DATA),
+        ("grpc.initial_reconnect_backoff_ms", round(policy.backoff_s * 1000)),
+        ("grpc.max_reconnect_backoff_ms", round(policy.backoff_max_s * 1000)),
+    ]
+    return list(options) + [item for item in defaults if item[0] not in given]
+
+
+class ClientBase:
+    """The constructor and the stub lookup of both clients.
+
+    The arguments are documented on ``SessionClient``. A subclass opens
+    its kind of channel in ``_open_channel``.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        api_key: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        credentials: grpc.ChannelCredentials | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+        retries: int = DEFAULT_RETRIES,
+        retry_backoff_s: float = DEFAULT_RETRY_BACKOFF_S,
+        retry_backoff_max_s: float = DEFAULT_RETRY_BACKOFF_MAX_S,
+    ) -> None:
+        self._policy = RetryPolicy(
+            timeout_s=timeout,
+            retries=retries,
+            backoff_s=retry_backoff_s,
+            backoff_max_s=retry_backoff_max_s,
+        )
+        self._metadata = ((API_KEY_METADATA, api_key),) if api_key else ()
+        self._channel = self._open_channel(
+            target, credentials, channel_options_with_defaults(options, self._policy)
+        )
+        self._stub = session_pb2_grpc.SessionServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._closed = False
+        # close() may be called from several threads at once.
+        self._close_lock = threading.Lock()
+
+    def _open_channel(
+        self,
+        target: str,
+        credentials: grpc.ChannelCredentials | None,
+        options: list[tuple[str, Any]],
+    ) -> Any:
+        raise NotImplementedError
+
+    def _method(self, call: Call[Any]) -> Callable[..., Any]:
+        """The stub method that sends call, on an open client."""
+        if self._closed:
+            raise GeneralError(
+                f"the client is closed; create a new {type(self).__name__}"
+            )
+        method: Callable[..., Any] = getattr(self._stub, call.rpc)
+        return method

@@ -1,0 +1,322 @@
+"""The pure parts both clients share: calls, deadlines and retries, channel options."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+import sessiond
+from sessiond import _calls as calls
+from sessiond._aio import _AioCallError
+from sessiond._base import channel_options_with_defaults
+from sessiond._retry import Attempts, ConflictRetries, RetryPolicy, is_retryable
+from sessiond.errors import from_rpc_error
+from sessiond.v1 import session_pb2 as pb
+
+DETAILS_KEY = "grpc-status-details-bin"
+
+
+def rpc_error(
+    code: grpc.StatusCode, details: str, trailing: tuple[tuple[str, bytes], ...] = ()
+) -> grpc.RpcError:
+    """A failed call, as the grpc.Call view that both clients give the shared code."""
+    error = grpc.aio.AioRpcError(
+        code, grpc.aio.Metadata(), grpc.aio.Metadata(*trailing), details=details
+    )
+    return _AioCallError(error)
+
+
+def daemon_status(code: grpc.StatusCode, reason: str, **metadata: str) -> bytes:
+    """The status details the daemon sends: google.rpc.Status with an ErrorInfo."""
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.ErrorInfo(reason=reason, metadata=metadata))
+    status = status_pb2.Status(code=code.value[0], message=reason, details=[detail])
+    return status.SerializeToString()
+
+
+UNAVAILABLE = rpc_error(grpc.StatusCode.UNAVAILABLE, "connection refused")
+DATABASE_DOWN = rpc_error(
+    grpc.StatusCode.UNAVAILABLE,
+    "UNAVAILABLE",
+    ((DETAILS_KEY, daemon_status(grpc.StatusCode.UNAVAILABLE, "UNAVAILABLE")),),
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# -- calls --------------------------------------------------------------------------
+
+IDEMPOTENT = {
+    "create_new_session": False,
+    "refresh_session": False,
+    "regenerate_access_token": False,
+    "update_access_token_payload": False,
+    "merge_session_data": False,
+    "get_session": True,
+    "revoke_session": True,
+    "revoke_sessions": True,
+    "revoke_all_sessions_for_user": True,
+    "get_all_session_handles_for_user": True,
+    "list_sessions": True,
+    "get_session_info": True,
+    "get_session_data_versioned": True,
+    "get_jwks": True,
+}
+ARGUMENTS: dict[str, tuple[Any, ...]] = {
+    "create_new_session": ("u", None, None, None),
+    "refresh_session": ("t",),
+    "regenerate_access_token": ("t", None),
+    "update_access_token_payload": ("h", {}),
+    "merge_session_data": ("h", {}, 3),
+    "get_session": ("t", "c", False),
+    "revoke_session": ("h",),
+    "revoke_sessions": (["h"],),
+    "revoke_all_sessions_for_user": ("u",),
+    "get_all_session_handles_for_user": ("u",),
+    "list_sessions": ("u",),
+    "get_session_info": ("h",),
+    "get_session_data_versioned": ("h",),
+    "get_jwks": (),
+}
+
+
+@pytest.mark.parametrize(("name", "idempotent"), IDEMPOTENT.items())
+def test_which_calls_are_idempotent(name: str, idempotent: bool) -> None:
+    call = getattr(calls, name)(*ARGUMENTS[name])
+    assert call.idempotent is idempotent
+    assert hasattr(pb, f"{call.rpc}Request")
+
+
+def test_update_is_idempotent_only_with_an_expected_version() -> None:
+    assert calls.update_session_data("h", {}, None).idempotent is False
+    versioned = calls.update_session_data("h", {}, 4)
+    assert versioned.idempotent is True
+    assert versioned.request.expected_data_version == 4
+
+
+def test_every_client_method_has_a_call_or_composes_others() -> None:
+    composed = {"close", "get_session_data", "modify_session_data"}
+    methods = {
+        name
+        for name in vars(sessiond.SessionClient)
+        if not name.startswith("_") and callable(getattr(sessiond.SessionClient, name))
+    }
+    assert methods - composed == set(IDEMPOTENT) | {"update_session_data"}
+    async_methods = {
+        name for name in vars(sessiond.AsyncSessionClient) if not name.startswith("_")
+    }
+    assert async_methods == methods
+
+
+def test_dump_names_the_field() -> None:
+    with pytest.raises(sessiond.InvalidArgumentError) as caught:
+        calls.create_new_session("u", {"when": object()}, None, None)
+    assert caught.value.field == "access_token_payload"
+    with pytest.raises(sessiond.InvalidArgumentError) as caught:
+        calls.merge_session_data("h", float("nan"), None)
+    assert caught.value.field == "patch"
+
+
+def test_create_request_and_parsed_session() -> None:
+    device = sessiond.DeviceInfo(label="phone")
+    call = calls.create_new_session("u", {"r": "é"}, [1], device)
+    assert call.request.access_token_payload_json == '{"r":"é"}'
+    assert call.request.session_data_json == "[1]"
+    assert call.request.device.label == "phone"
+    summary = pb.SessionSummary(
+        session_handle="h", user_id="u", access_token_payload_json='{"r":1}'
+    )
+    response = pb.CreateSessionResponse(
+        session=summary,
+        access_token=pb.Token(token="a", expiry_ms=1),
+        refresh_token=pb.Token(token="r", expiry_ms=2),
+    )
+    fields = call.parse(response)
+    assert fields["handle"] == "h"
+    assert fields["access_token_payload"] == {"r": 1}
+    assert fields["access_token"] == sessiond.Token("a", 1)
+    assert fields["refresh_token"] == sessiond.Token("r", 2)
+    # A daemon with anti_csrf = false issues no anti-CSRF token.
+    assert fields["anti_csrf_token"] is None
+
+
+def test_verify_sets_access_token_only_for_a_replacement() -> None:
+    call = calls.get_session("t", None, True)
+    assert not call.request.HasField("anti_csrf_token")
+    assert call.request.check_database is True
+    summary = pb.SessionSummary(access_token_payload_json="{}")
+    assert call.parse(pb.VerifySessionResponse(session=summary))["access_token"] is None
+    replaced = pb.VerifySessionResponse(
+        session=summary, new_access_token=pb.Token(token="n", expiry_ms=5)
+    )
+    assert call.parse(replaced)["access_token"] == sessiond.Token("n", 5)
+
+
+def test_list_sessions_parses_device_or_none() -> None:
+    response = pb.ListSessionsResponse(
+        sessions=[
+            pb.SessionDetails(session_handle="a", access_token_payload_json="{}"),
+            pb.SessionDetails(
+                session_handle="b",
+                access_token_payload_json="{}",
+                device=pb.DeviceInfo(ip_address="::1"),
+            ),
+        ]
+    )
+    first, second = calls.list_sessions("u").parse(response)
+    assert first.device is None
+    assert second.device == sessiond.DeviceInfo(ip_address="::1")
+
+
+def test_data_and_jwks_parsing() -> None:
+    data = pb.GetSessionDataResponse(session_data_json='{"k":[1]}', data_version=9)
+    parsed = calls.get_session_data_versioned("h").parse(data)
+    assert parsed == sessiond.SessionData({"k": [1]}, 9)
+    jwks = {"keys": [{"kid": "k"}]}
+    response = pb.GetJwksResponse(jwks_json=json.dumps(jwks))
+    assert calls.get_jwks().parse(response) == jwks
+
+
+# -- deadlines and retries ------------------------------------------------------------
+
+
+def test_non_idempotent_call_raises_at_once() -> None:
+    attempts = RetryPolicy(retries=5).attempts(idempotent=False)
+    with pytest.raises(sessiond.UnavailableError):
+        attempts.wait_after(UNAVAILABLE)
+
+
+def test_retry_waits_double_with_jitter_up_to_the_maximum() -> None:
+    policy = RetryPolicy(timeout_s=100, retries=6, backoff_s=0.1, backoff_max_s=0.5)
+    for _ in range(20):
+        attempts = Attempts(policy, idempotent=True, clock=Clock())
+        waits = [attempts.wait_after(UNAVAILABLE) for _ in range(6)]
+        for wait_s, ceiling in zip(waits, [0.1, 0.2, 0.4, 0.5, 0.5, 0.5], strict=True):
+            assert ceiling / 2 <= wait_s <= ceiling
+        with pytest.raises(sessiond.UnavailableError):
+            attempts.wait_after(UNAVAILABLE)
+
+
+def test_deadline_bounds_the_retries() -> None:
+    clock = Clock()
+    policy = RetryPolicy(timeout_s=1.0, retries=100, backoff_s=0.3, backoff_max_s=0.3)
+    attempts = policy.attempts(idempotent=True, clock=clock)
+    assert attempts.timeout_s() == 1.0
+    clock.now += 0.6
+    assert attempts.timeout_s() == pytest.approx(0.4)
+    # A wait of 0.15 s to 0.3 s still ends before the deadline.
+    clock.now += attempts.wait_after(UNAVAILABLE)
+    # Now at most 0.25 s is left, less than the shortest next wait.
+    clock.now += 0.1
+    with pytest.raises(sessiond.UnavailableError):
+        attempts.wait_after(UNAVAILABLE)
+    clock.now += 10
+    assert attempts.timeout_s() == 0.0
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        DATABASE_DOWN,
+        rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline"),
+        rpc_error(grpc.StatusCode.UNAUTHENTICATED, "API key is missing"),
+        rpc_error(grpc.StatusCode.INTERNAL, "bug"),
+    ],
+    ids=["daemon-unavailable", "deadline", "api-key", "internal"],
+)
+def test_only_transport_unavailable_is_retried(error: grpc.RpcError) -> None:
+    assert is_retryable(UNAVAILABLE)
+    assert not is_retryable(error)
+    attempts = RetryPolicy(retries=3).attempts(idempotent=True)
+    with pytest.raises(sessiond.SessionError) as caught:
+        attempts.wait_after(error)
+    assert type(caught.value) is type(from_rpc_error(error))
+
+
+@pytest.mark.parametrize(
+    ("settings", "field"),
+    [
+        ({"timeout_s": 0}, "timeout"),
+        ({"timeout_s": float("nan")}, "timeout"),
+        ({"retries": -1}, "retries"),
+        ({"backoff_s": 0}, "retry_backoff_s"),
+        ({"backoff_s": 1, "backoff_max_s": 0.5}, "retry_backoff_max_s"),
+    ],
+)
+def test_bad_policy_rejected(settings: dict[str, Any], field: str) -> None:
+    with pytest.raises(sessiond.InvalidArgumentError) as caught:
+        RetryPolicy(**settings)
+    assert caught.value.field == field
+
+
+def test_conflict_retries() -> None:
+    conflict = sessiond.ConflictError("conflict", current_version=2)
+    retries = ConflictRetries(3)
+    assert 0 <= retries.wait_after(conflict) <= 0.005
+    assert 0 <= retries.wait_after(conflict) <= 0.01
+    with pytest.raises(sessiond.ConflictError) as caught:
+        retries.wait_after(conflict)
+    assert caught.value is conflict
+    with pytest.raises(sessiond.InvalidArgumentError):
+        ConflictRetries(0)
+
+
+def test_daemon_status_maps_to_its_exception() -> None:
+    details = daemon_status(
+        grpc.StatusCode.ABORTED, "CONFLICT", current_data_version="7"
+    )
+    error = from_rpc_error(
+        rpc_error(grpc.StatusCode.ABORTED, "CONFLICT", ((DETAILS_KEY, details),))
+    )
+    assert type(error) is sessiond.ConflictError
+    assert error.current_version == 7
+    assert error.code == grpc.StatusCode.ABORTED
+    assert str(error) == "CONFLICT"
+
+
+# -- channel options -----------------------------------------------------------------
+
+# gRPC's server defaults, which the daemon keeps: the least time between
+# pings it accepts without calls in flight, and whether it accepts pings
+# with no call at all.
+SERVER_MIN_PING_INTERVAL_MS = 300_000
+SERVER_PERMITS_PINGS_WITHOUT_CALLS = False
+SERVER_MAX_PING_STRIKES = 2
+
+
+def test_keepalive_defaults_stay_within_the_server_policy() -> None:
+    options = dict(channel_options_with_defaults([]))
+    assert options["grpc.keepalive_time_ms"] >= SERVER_MIN_PING_INTERVAL_MS
+    assert options["grpc.keepalive_timeout_ms"] < options["grpc.keepalive_time_ms"]
+    assert bool(options["grpc.keepalive_permit_without_calls"]) is (
+        SERVER_PERMITS_PINGS_WITHOUT_CALLS
+    )
+    assert 0 < options["grpc.http2.max_pings_without_data"] <= SERVER_MAX_PING_STRIKES
+
+
+def test_caller_options_replace_defaults() -> None:
+    policy = RetryPolicy(backoff_s=0.25, backoff_max_s=4)
+    options = channel_options_with_defaults(
+        [("grpc.keepalive_time_ms", 600_000), ("grpc.primary_user_agent", "x")],
+        policy,
+    )
+    names = [name for name, _ in options]
+    assert len(names) == len(set(names))
+    values = dict(options)
+    assert values["grpc.keepalive_time_ms"] == 600_000
+    assert values["grpc.primary_user_agent"] == "x"
+    assert values["grpc.max_receive_message_length"] == 65 * 1024 * 1024
+    assert values["grpc.initial_reconnect_backoff_ms"] == 250
+    assert values["grpc.max_reconnect_backoff_ms"] == 4000
