@@ -229,6 +229,23 @@ def test_rotate_replaced_after_grace_theft(storage: Storage) -> None:
     assert storage.get_session(handle, NOW_MS) is None
 
 
+def test_rotate_replaced_no_grace_same_ms_theft(storage: Storage) -> None:
+    handle = promoted_session(storage)
+    changed_at = storage.get_session(handle, NOW_MS)
+    assert changed_at is not None
+
+    result = storage.rotate_refresh_token(
+        handle,
+        hash2("parent"),
+        None,
+        changed_at.refresh_token_changed_at_ms,
+        NOW_MS + HOUR_MS,
+        0,
+    )
+
+    assert result.outcome is Rotation.THEFT
+
+
 def test_rotate_sibling_after_grace_theft(storage: Storage) -> None:
     handle = promoted_session(storage)
 

@@ -166,7 +166,8 @@ def _classify(
     if parent_hash2 is not None and session.refresh_token_hash2 == parent_hash2:
         return Rotation.PROMOTED
     previous = session.previous_refresh_token_hash2
-    in_grace = now_ms - session.refresh_token_changed_at_ms <= grace_ms
+    # A grace period of 0 turns it off, even within the millisecond of the change.
+    in_grace = grace_ms > 0 and now_ms - session.refresh_token_changed_at_ms <= grace_ms
     if previous is not None and in_grace and previous in (token_hash2, parent_hash2):
         return Rotation.GRACE
     return Rotation.THEFT
