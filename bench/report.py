@@ -79,7 +79,14 @@ def cost_ratio(
 
 
 def _ratio_text(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}x"
+    if value is None:
+        return "-"
+    # Calls that never leave the process cost a small fraction of a floor.
+    return f"{value:.1f}x" if value >= 0.1 else f"{value:.4f}x"
+
+
+def _ms_text(value: float) -> str:
+    return f"{value:.2f}" if value >= 0.1 else f"{value:.4f}"
 
 
 def machine_facts(results: Results) -> list[tuple[str, str]]:
@@ -145,8 +152,8 @@ def _measurement_cells(found: Measurement | None) -> list[str]:
         return ["-", "-", "-", "-"]
     return [
         f"{found.ops_per_s:,.0f}",
-        f"{found.p50_ms:.2f}",
-        f"{found.p99_ms:.2f}",
+        _ms_text(found.p50_ms),
+        _ms_text(found.p99_ms),
         f"{found.count:,}",
     ]
 

@@ -28,6 +28,8 @@ DELETE_FLOOR_ROWS = 20_000
 # NOTE: a daemon that revokes faster runs out early, and the calls column shows it.
 MIN_REVOKE_HANDLES_PER_SECOND = 1000
 RSS_TIMEOUT_S = 600.0
+# The revocation stream of the local-verifying client answers within a second.
+LOCAL_READY_TIMEOUT_S = 10.0
 # SessionClient per thread, or one shared by every thread.
 SHARED = "shared"
 OWN = "own"
@@ -197,9 +199,14 @@ class Suite:
         self, backend: str, address: str, concurrency: int, client_for: ClientFor
     ) -> None:
         handles: list[str] = []
+        local_client = sessiond.SessionClient(address, local_verification=True)
+        if not local_client.wait_for_local_verification(LOCAL_READY_TIMEOUT_S):
+            local_client.close()
+            raise RuntimeError(f"local verification not ready on {address}")
         setups: dict[str, Callable[[], WorkerSetup]] = {
             "create": lambda: operations.create(client_for, handles),
             "verify": lambda: operations.verify(client_for, check_database=False),
+            "verify (SDK-local)": lambda: operations.verify_local(local_client),
             "verify (check_database)": lambda: operations.verify(
                 client_for, check_database=True
             ),
@@ -214,15 +221,20 @@ class Suite:
             ),
             "merge data": lambda: operations.merge_data(client_for),
         }
-        for spec in operations.OPERATIONS:
-            if spec.name == "merge data" and not operations.client_has_merge():
-                self._results.skipped[spec.name] = (
-                    "sessiond.SessionClient has no merge_session_data method yet"
+        try:
+            for spec in operations.OPERATIONS:
+                if spec.name == "merge data" and not operations.client_has_merge():
+                    self._results.skipped[spec.name] = (
+                        "sessiond.SessionClient has no merge_session_data method yet"
+                    )
+                    continue
+                self._results.operations[backend, spec.name, concurrency] = (
+                    self._measure(
+                        f"{backend}: {spec.name}", setups[spec.name](), concurrency
+                    )
                 )
-                continue
-            self._results.operations[backend, spec.name, concurrency] = self._measure(
-                f"{backend}: {spec.name}", setups[spec.name](), concurrency
-            )
+        finally:
+            local_client.close()
 
     def _top_up(self, handles: list[str], address: str, concurrency: int) -> list[str]:
         """Create sessions until handles can feed revoke for the whole measurement."""

@@ -76,6 +76,8 @@ class AsyncSessionClient(ClientBase):
     tasks share its one channel.
     """
 
+    _local_blocking = False
+
     _channel: grpc.aio.Channel
 
     def _open_channel(
@@ -105,6 +107,7 @@ class AsyncSessionClient(ClientBase):
         """Close the channel; calls still running are cancelled."""
         if not self._closed:
             self._closed = True
+            self._close_local()
             await self._channel.close(None)
 
     async def _invoke(self, call: calls.Call[T]) -> T:
@@ -148,8 +151,13 @@ class AsyncSessionClient(ClientBase):
         *,
         check_database: bool = False,
     ) -> AsyncSession:
+        local = self._verify_locally(access_token, anti_csrf_token, check_database)
+        if local is not None:
+            return self._session(local)
         call = calls.get_session(access_token, anti_csrf_token, check_database)
-        return self._session(await self._invoke(call))
+        fields = await self._invoke(call)
+        self._verified_remotely(access_token, check_database)
+        return self._session(fields)
 
     async def refresh_session(self, refresh_token: str) -> AsyncSession:
         return self._session(await self._invoke(calls.refresh_session(refresh_token)))
@@ -166,13 +174,19 @@ class AsyncSessionClient(ClientBase):
         await self._invoke(calls.update_access_token_payload(handle, payload))
 
     async def revoke_session(self, handle: str) -> bool:
-        return await self._invoke(calls.revoke_session(handle))
+        revoked = await self._invoke(calls.revoke_session(handle))
+        self._revoked([handle])
+        return revoked
 
     async def revoke_sessions(self, handles: Sequence[str]) -> list[str]:
-        return await self._invoke(calls.revoke_sessions(handles))
+        revoked = await self._invoke(calls.revoke_sessions(handles))
+        self._revoked(revoked)
+        return revoked
 
     async def revoke_all_sessions_for_user(self, user_id: str) -> list[str]:
-        return await self._invoke(calls.revoke_all_sessions_for_user(user_id))
+        revoked = await self._invoke(calls.revoke_all_sessions_for_user(user_id))
+        self._revoked(revoked)
+        return revoked
 
     async def get_all_session_handles_for_user(self, user_id: str) -> list[str]:
         return await self._invoke(calls.get_all_session_handles_for_user(user_id))

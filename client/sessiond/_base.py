@@ -8,7 +8,8 @@ from typing import Any
 
 import grpc
 
-from ._calls import Call
+from ._calls import Call, SessionFields
+from ._local import DEFAULT_CACHE_SIZE, LocalVerifier
 from ._retry import (
     DEFAULT_RETRIES,
     DEFAULT_RETRY_BACKOFF_MAX_S,
@@ -65,12 +66,27 @@ def channel_options_with_defaults(
     return list(options) + [item for item in defaults if item[0] not in given]
 
 
+def open_blocking_channel(
+    target: str,
+    credentials: grpc.ChannelCredentials | None,
+    options: list[tuple[str, Any]],
+) -> grpc.Channel:
+    """Open a grpc.Channel, over TLS when credentials are given."""
+    if credentials is None:
+        return grpc.insecure_channel(target, options=options)
+    return grpc.secure_channel(target, credentials, options=options)
+
+
 class ClientBase:
     """The constructor and the stub lookup of both clients.
 
     The arguments are documented on ``SessionClient``. A subclass opens
     its kind of channel in ``_open_channel``.
     """
+
+    # Whether local verification may wait for a JWK Set fetch; an event
+    # loop must not.
+    _local_blocking = True
 
     def __init__(
         self,
@@ -83,6 +99,8 @@ class ClientBase:
         retries: int = DEFAULT_RETRIES,
         retry_backoff_s: float = DEFAULT_RETRY_BACKOFF_S,
         retry_backoff_max_s: float = DEFAULT_RETRY_BACKOFF_MAX_S,
+        local_verification: bool = False,
+        local_cache_size: int = DEFAULT_CACHE_SIZE,
     ) -> None:
         self._policy = RetryPolicy(
             timeout_s=timeout,
@@ -95,6 +113,16 @@ class ClientBase:
             target, credentials, channel_options_with_defaults(options, self._policy)
         )
         self._stub = session_pb2_grpc.SessionServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._local: LocalVerifier | None = None
+        if local_verification:
+            self._local = LocalVerifier(
+                open_blocking_channel(
+                    target, credentials, channel_options_with_defaults(options)
+                ),
+                self._metadata,
+                timeout,
+                cache_size=local_cache_size,
+            )
         self._closed = False
         # close() may be called from several threads at once.
         self._close_lock = threading.Lock()
@@ -106,6 +134,46 @@ class ClientBase:
         options: list[tuple[str, Any]],
     ) -> Any:
         raise NotImplementedError
+
+    def wait_for_local_verification(self, timeout: float) -> bool:
+        """Wait until local verification can answer; return whether it can.
+
+        It can once the revocation stream is current, and only with
+        ``local_verification=True``.
+        """
+        return self._local is not None and self._local.wait_until_current(timeout)
+
+    def _verify_locally(
+        self, access_token: str, anti_csrf_token: str | None, check_database: bool
+    ) -> SessionFields | None:
+        """Return the session of a token verified in process, or None to ask the daemon."""
+        if self._local is None or check_database:
+            return None
+        claims = self._local.verify(
+            access_token, anti_csrf_token, blocking=self._local_blocking
+        )
+        if claims is None:
+            return None
+        return SessionFields(
+            handle=claims.session_handle,
+            user_id=claims.user_id,
+            access_token_payload=dict(claims.payload),
+            access_token=None,
+            refresh_token=None,
+            anti_csrf_token=None,
+        )
+
+    def _verified_remotely(self, access_token: str, check_database: bool) -> None:
+        if self._local is not None and not check_database:
+            self._local.remember_verified(access_token)
+
+    def _revoked(self, handles: Sequence[str]) -> None:
+        if self._local is not None:
+            self._local.note_revoked(list(handles))
+
+    def _close_local(self) -> None:
+        if self._local is not None:
+            self._local.close()
 
     def _method(self, call: Call[Any]) -> Callable[..., Any]:
         """The stub method that sends call, on an open client."""

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import grpc
 
 from . import _calls as calls
-from ._base import ClientBase, channel_options_with_defaults
+from ._base import ClientBase, channel_options_with_defaults, open_blocking_channel
 from ._retry import DEFAULT_TIMEOUT_S, ConflictRetries
 from ._session import (
     DeviceInfo,
@@ -57,9 +57,7 @@ class SessionClient(ClientBase):
         credentials: grpc.ChannelCredentials | None,
         options: list[tuple[str, Any]],
     ) -> grpc.Channel:
-        if credentials is None:
-            return grpc.insecure_channel(target, options=options)
-        return grpc.secure_channel(target, credentials, options=options)
+        return open_blocking_channel(target, credentials, options)
 
     def __enter__(self) -> SessionClient:
         return self
@@ -71,6 +69,7 @@ class SessionClient(ClientBase):
         with self._close_lock:
             if not self._closed:
                 self._closed = True
+                self._close_local()
                 self._channel.close()
 
     def _invoke(self, call: calls.Call[T]) -> T:
@@ -126,8 +125,13 @@ class SessionClient(ClientBase):
             TryRefreshTokenError: the token expired or the anti-CSRF check failed.
             UnauthorisedError: the token is invalid or the session is gone.
         """
+        local = self._verify_locally(access_token, anti_csrf_token, check_database)
+        if local is not None:
+            return self._session(local)
         call = calls.get_session(access_token, anti_csrf_token, check_database)
-        return self._session(self._invoke(call))
+        fields = self._invoke(call)
+        self._verified_remotely(access_token, check_database)
+        return self._session(fields)
 
     def refresh_session(self, refresh_token: str) -> Session:
         """Rotate the refresh token; the returned session carries all new tokens."""
@@ -168,15 +172,21 @@ class SessionClient(ClientBase):
 
         A retry after a lost reply finds the session gone and returns False.
         """
-        return self._invoke(calls.revoke_session(handle))
+        revoked = self._invoke(calls.revoke_session(handle))
+        self._revoked([handle])
+        return revoked
 
     def revoke_sessions(self, handles: Sequence[str]) -> list[str]:
         """Revoke several sessions; return the handles that existed."""
-        return self._invoke(calls.revoke_sessions(handles))
+        revoked = self._invoke(calls.revoke_sessions(handles))
+        self._revoked(revoked)
+        return revoked
 
     def revoke_all_sessions_for_user(self, user_id: str) -> list[str]:
         """Revoke every session of a user; return their handles."""
-        return self._invoke(calls.revoke_all_sessions_for_user(user_id))
+        revoked = self._invoke(calls.revoke_all_sessions_for_user(user_id))
+        self._revoked(revoked)
+        return revoked
 
     def get_all_session_handles_for_user(self, user_id: str) -> list[str]:
         """Return the handles of a user's live sessions, oldest first."""

@@ -43,7 +43,7 @@ RETENTION_SLACK_MS = 60_000
 
 @dataclass(frozen=True)
 class FeedBatch:
-    """What a watcher gets next: new revocations and the resume point after them."""
+    """The next message for a watcher: new revocations and the resume point after them."""
 
     revocations: list[Revocation]
     resume_after_seq: int
