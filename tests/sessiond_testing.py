@@ -64,6 +64,27 @@ def private_mysql_database(url: str = MYSQL_URL) -> Iterator[str]:
         admin.close()
 
 
+def rotate_keys(database_url: str, *settings: str) -> None:
+    """Run ``sessiond keys rotate`` on the database; settings are extra flags."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sessiond_server",
+            "keys",
+            "rotate",
+            "--database-url",
+            database_url,
+            *settings,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT_S,
+        check=False,
+    )
+    assert result.returncode == 0, f"sessiond keys rotate failed: {result.stderr}"
+
+
 class DaemonProcess:
     """A ``sessiond serve`` child process on a free loopback port.
 

@@ -9,15 +9,13 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sessiond_testing import DaemonProcess
+from sessiond_testing import DaemonProcess, rotate_keys
 
 import sessiond
 
@@ -274,22 +272,7 @@ def test_new_signing_key_verified_locally(
     with daemon.client(local_verification=True) as client:
         assert client.wait_for_local_verification(READY_TIMEOUT_S)
         client.create_new_session("before rotation")
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "sessiond_server",
-                "keys",
-                "rotate",
-                "--database-url",
-                database_url,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert result.returncode == 0, result.stderr
+        rotate_keys(database_url)
         # A running daemon switches to the new key within a second.
         time.sleep(1.5)
         session = client.create_new_session("after rotation")

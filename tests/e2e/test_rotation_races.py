@@ -28,7 +28,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import jwt
 import pytest
-from sessiond_testing import START_TIMEOUT_S, DaemonProcess
+from sessiond_testing import START_TIMEOUT_S, DaemonProcess, rotate_keys
 
 import sessiond
 from sessiond_server.config import MAX_VALIDITY_S
@@ -565,24 +565,11 @@ def test_admin_rotation_two_daemons(
         # created after its last load. The wait lets it pass for B, so this
         # test checks the rotation itself.
         sleep_until(second_loaded_at_s + UNKNOWN_KID_RELOAD_INTERVAL_MS / 1000)
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "sessiond_server",
-                "keys",
-                "rotate",
-                "--database-url",
-                database_url,
-                "--access-token-validity-s",
-                str(ROTATION_TEST_VALIDITY_S),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=START_TIMEOUT_S,
-            check=False,
+        rotate_keys(
+            database_url,
+            "--access-token-validity-s",
+            str(ROTATION_TEST_VALIDITY_S),
         )
-        assert result.returncode == 0, f"sessiond keys rotate failed: {result.stderr}"
         # Running daemons switch to the new key within SIGNING_STATE_MAX_AGE_MS.
         time.sleep(SIGNING_STATE_MAX_AGE_MS / 1000 + 0.2)
 
