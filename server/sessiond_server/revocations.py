@@ -14,8 +14,11 @@ it, so a late commit is still delivered, at the cost of some duplicates.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -30,6 +33,10 @@ HEARTBEAT_S = 1.0
 # log row last and commits right after, so it is an estimate with a wide margin.
 GAP_TIMEOUT_MS = 10_000
 PAGE_SIZE = 1000
+# Watchers get no message, not even a heartbeat, once the last successful
+# poll is older than this, so a daemon cut off from the database cannot
+# vouch for a stream that misses revokes made through other replicas.
+FRESH_POLL_S = 1.0
 # At start, the newest this many sequence numbers are checked for gaps, so a
 # revoke that was committing while the daemon started is still delivered.
 START_LOOKBACK = 1000
@@ -78,6 +85,10 @@ class RevocationFeed:
         self._seen_above: set[int] = set()
         self._missing_since: dict[int, int] = {}
         self._thread: threading.Thread | None = None
+        self._watchers = 0
+        # The poller thread and a new watcher may both poll.
+        self._poll_lock = threading.Lock()
+        self._last_poll_ok_s = -math.inf
 
     @property
     def retention_ms(self) -> int:
@@ -111,6 +122,9 @@ class RevocationFeed:
             self._wake.clear()
             if self._closed:
                 return
+            if not self._watchers:
+                # Polling for nobody would keep every pooled connection busy.
+                continue
             try:
                 self.poll()
             except Exception as exc:
@@ -135,6 +149,11 @@ class RevocationFeed:
 
     def poll(self) -> None:
         """Read log rows after the watermark and deliver the ones not seen yet."""
+        with self._poll_lock:
+            self._poll()
+            self._last_poll_ok_s = time.monotonic()
+
+    def _poll(self) -> None:
         now_ms = self._clock()
         oldest_ms = now_ms - self._retention_ms
         if not self._loaded:
@@ -219,16 +238,40 @@ class RevocationFeed:
 
         The first batch holds every retained revocation with seq above
         after_seq. Later ones hold what arrived since the previous batch, or
-        nothing when heartbeat_s passes without news.
+        nothing when heartbeat_s passes without news. While the last good
+        poll is older than FRESH_POLL_S, nothing is sent at all.
         """
+        with self._condition:
+            self._watchers += 1
+        try:
+            # The poller skips polls while nobody watches, so catch up first.
+            # A failure is logged by the poller, and leaves the feed stale.
+            with contextlib.suppress(Exception):
+                self.poll()
+            self._wake.set()
+            yield from self._batches(after_seq, heartbeat_s)
+        finally:
+            with self._condition:
+                self._watchers -= 1
+
+    def _fresh(self) -> bool:
+        """Whether a poll succeeded recently enough for watchers to trust the feed."""
+        return time.monotonic() - self._last_poll_ok_s <= FRESH_POLL_S
+
+    def _batches(self, after_seq: int, heartbeat_s: float) -> Iterator[FeedBatch]:
         with self._condition:
             position = self._offset
             first = True
             while not self._closed:
-                if not first and position == self._offset + len(self._events):
+                idle = not first and position == self._offset + len(self._events)
+                if idle or not self._fresh():
                     self._condition.wait(heartbeat_s)
                     if self._closed:
                         return
+                    if not self._fresh():
+                        # No heartbeat while the log cannot be read: the
+                        # watcher then stops trusting the stream.
+                        continue
                 start = max(position, self._offset) - self._offset
                 batch = self._events[start:]
                 position = self._offset + len(self._events)

@@ -6,13 +6,21 @@ transaction that took a seq commits after a later one, or rolls back.
 
 from __future__ import annotations
 
+import queue
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from sessiond_testing import mysql_connect
 
-from sessiond_server.revocations import GAP_TIMEOUT_MS, FeedBatch, RevocationFeed
+from sessiond_server.revocations import (
+    FRESH_POLL_S,
+    GAP_TIMEOUT_MS,
+    FeedBatch,
+    RevocationFeed,
+)
 from sessiond_server.storage import RevocationReason, Rotation, Storage, open_storage
 
 from .test_storage import (
@@ -266,3 +274,41 @@ def test_feed_sees_out_of_order_mysql_commit(mysql_url: str) -> None:
         slow.close()
         feed.close()
         storage.close()
+
+
+def rename_log(storage: Storage, old: str, new: str) -> None:
+    def work(cursor: Any) -> None:
+        storage._execute(cursor, f"ALTER TABLE {old} RENAME TO {new}")
+
+    storage._write(work)
+
+
+def test_feed_silent_while_log_unreadable(
+    storage: Storage, feed: RevocationFeed
+) -> None:
+    """A daemon that cannot read the log sends no heartbeat that would vouch for it."""
+    feed.poll()
+    watcher = feed.watch(0, heartbeat_s=0.05)
+    next(watcher)
+    rename_log(storage, "sessiond_revocations", "sessiond_revocations_hidden")
+    with pytest.raises(Exception):  # noqa: B017 - each backend names its own error
+        feed.poll()
+    time.sleep(FRESH_POLL_S + 0.1)
+    received: queue.Queue[FeedBatch] = queue.Queue()
+    threading.Thread(target=lambda: received.put(next(watcher)), daemon=True).start()
+
+    silent = not _arrives(received, 0.5)
+    rename_log(storage, "sessiond_revocations_hidden", "sessiond_revocations")
+    feed.poll()
+    resumed = _arrives(received, 5.0)
+
+    assert silent
+    assert resumed
+
+
+def _arrives(received: queue.Queue[FeedBatch], timeout_s: float) -> bool:
+    try:
+        received.put(received.get(timeout=timeout_s))
+    except queue.Empty:
+        return False
+    return True
