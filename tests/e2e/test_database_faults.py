@@ -133,13 +133,14 @@ def fill_pool(
     """Create sessions concurrently until the daemon has pool_size connections open.
 
     Concurrent creates open a connection each only when they overlap inside
-    the daemon, so the burst repeats up to 10 times. Returns the sessions of
-    the last burst, one per connection.
+    the daemon. On a busy machine they often do not, so each burst sends
+    three creates per connection and repeats up to 20 times. Returns
+    pool_size sessions of the last burst.
     """
     sessions: list[sessiond.Session] = []
-    for burst in range(10):
-        user_ids = [f"user-{database}-{burst}-{n}" for n in range(pool_size)]
-        with ThreadPoolExecutor(pool_size) as executor:
+    for burst in range(20):
+        user_ids = [f"user-{database}-{burst}-{n}" for n in range(3 * pool_size)]
+        with ThreadPoolExecutor(len(user_ids)) as executor:
             sessions = list(
                 executor.map(
                     lambda user_id: client.create_new_session(user_id, {}, {"n": 0}),
@@ -151,7 +152,7 @@ def fill_pool(
     assert len(pool_connection_ids(server, database)) == pool_size, (
         f"the pool never held {pool_size} connections at once"
     )
-    return sessions
+    return sessions[:pool_size]
 
 
 def wait_for_idle_timeout(server: PrivateMysqlServer, database: str) -> None:
@@ -260,6 +261,41 @@ def test_killed_pool_connections_reconnect(
 
         for session in sessions:
             run_every_call(client, session)
+
+
+def test_locked_account_reports_unavailable(
+    utf8mb4_server: PrivateMysqlServer, start_daemon: StartDaemon
+) -> None:
+    """A server that rejects the daemon's account is an outage, not an internal error."""
+    database, _ = new_database(utf8mb4_server)
+    account = f"app_{database[-8:]}"
+    with utf8mb4_server.connect() as admin, admin.cursor() as cursor:
+        cursor.execute(f"CREATE USER '{account}'@'127.0.0.1'")
+        cursor.execute(f"GRANT ALL ON `{database}`.* TO '{account}'@'127.0.0.1'")
+    url = f"mysql://{account}@127.0.0.1:{utf8mb4_server.port}/{database}"
+    daemon = start_daemon(url, db_pool_size=2)
+
+    with daemon.client(timeout=CLIENT_TIMEOUT_S, retries=0) as client:
+        session = client.create_new_session("locked out")
+        assert session.access_token is not None
+        assert session.anti_csrf_token is not None
+        with utf8mb4_server.connect() as admin, admin.cursor() as cursor:
+            cursor.execute(f"ALTER USER '{account}'@'127.0.0.1' ACCOUNT LOCK")
+            cursor.execute(
+                "SELECT id FROM information_schema.processlist WHERE user = %s",
+                (account,),
+            )
+            for (connection_id,) in cursor.fetchall():
+                cursor.execute(f"KILL {connection_id}")
+
+        with pytest.raises(sessiond.UnavailableError) as raised:
+            client.get_session(
+                session.access_token.value,
+                session.anti_csrf_token.value,
+                check_database=True,
+            )
+
+    assert "account" in raised.value.message
 
 
 # -- server restart -----------------------------------------------------------------

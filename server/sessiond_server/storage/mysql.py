@@ -152,6 +152,18 @@ class MysqlStorage(Storage):
                 self._in_use -= 1
             self._slots.release()
 
+    def _connection_failure(self) -> str | None:
+        """Return why a new connection fails, or None when one opens.
+
+        DBUtils hides the error of its reconnect attempts, so after the last
+        retry a direct connection finds the cause, such as a locked account.
+        """
+        try:
+            pymysql.connect(**self._arguments).close()
+        except pymysql.err.MySQLError as exc:
+            return f"cannot connect: {_describe(exc)}; check the server and the account"
+        return None
+
     def pool_stats(self) -> tuple[int, int]:
         return self._in_use, self._pool_size
 
@@ -186,16 +198,23 @@ class MysqlStorage(Storage):
                         "have been applied"
                     ) from exc
                 if not _is_retryable(exc):
-                    raise
+                    # Access denied, a locked account, a missing grant or
+                    # database: the server works but refuses this daemon.
+                    raise UnavailableError(
+                        f"database call failed: {_describe(exc)}; "
+                        "check the database account and its grants"
+                    ) from exc
                 if attempt == MAX_ATTEMPTS:
                     raise UnavailableError(
-                        f"database call failed after {MAX_ATTEMPTS} attempts: {exc.args[-1]}"
+                        f"database call failed after {MAX_ATTEMPTS} attempts: "
+                        f"{self._connection_failure() or _describe(exc)}"
                     ) from exc
                 metrics.DATABASE_RETRIES.inc()
                 logger.warning(
-                    "database call failed, retrying attempt=%d error=%s",
+                    "database call failed, retrying attempt=%d error=%s message=%s",
                     attempt,
                     _error_number(exc),
+                    exc.args[-1] if exc.args else type(exc).__name__,
                 )
                 time.sleep(random.uniform(0.005, 0.02) * attempt)
         raise AssertionError("unreachable")
@@ -234,6 +253,11 @@ class MysqlStorage(Storage):
 
     def close(self) -> None:
         self._pool.close()
+
+
+def _describe(exc: BaseException) -> str:
+    message = exc.args[-1] if exc.args else ""
+    return f"MySQL error {_error_number(exc)}: {message or type(exc).__name__}"
 
 
 def _replace_if_dead(connection: Any) -> None:
