@@ -8,7 +8,7 @@ LISTEN ?= 127.0.0.1:50051
 PROTOC := $(BIN)/python -m grpc_tools.protoc -I protos
 PROTOS := $(wildcard protos/sessiond/v1/*.proto)
 
-.PHONY: venv run test test-fast proto proto-check lint format clean bench bench-quick
+.PHONY: venv run test proto proto-check lint format clean bench bench-quick
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
