@@ -33,6 +33,7 @@ from sessiond_server.storage import Storage, open_storage
 from sessiond_server.tokens import (
     AccessTokenCodec,
     RefreshTokenCodec,
+    _unverified_header,
     hash1,
 )
 
@@ -558,3 +559,87 @@ def test_access_padded_signature_rejected(eddsa: AccessSetup, padding: str) -> N
     eddsa.codec.verify(token)
     with pytest.raises(UnauthorisedError):
         eddsa.codec.verify(token + padding)
+
+
+# -- the header read before the signature check ---------------------------------
+
+
+def pyjwt_header_outcome(token: str) -> Any:
+    """Return PyJWT's header for token, or the name of the error it raises."""
+    try:
+        return jwt.get_unverified_header(token)
+    except jwt.InvalidTokenError as exc:
+        return type(exc).__name__
+
+
+def header_outcome(token: str) -> Any:
+    try:
+        return _unverified_header(token)
+    except jwt.InvalidTokenError as exc:
+        return type(exc).__name__
+
+
+def odd_tokens(token: str) -> dict[str, str]:
+    """Return variants of a valid token that PyJWT's header parser rejects or treats specially."""
+    header, payload, signature = token.split(".")
+    kid_header = json.loads(base64.urlsafe_b64decode(header + "=="))
+    return {
+        "valid": token,
+        "two segments": f"{header}.{payload}",
+        "one segment": header,
+        "four segments": f"{token}.{signature}",
+        "empty": "",
+        "dots only": "..",
+        "empty signature": f"{header}.{payload}.",
+        "bad character in payload": f"{header}.{payload[:-1]}*.{signature}",
+        "bad character in signature": f"{header}.{payload}.{signature[:-1]}/",
+        "non-ASCII in payload": f"{header}.{payload}\u00e9.{signature}",
+        "payload length 1 mod 4": f"{header}.{payload}{'A' * (5 - len(payload) % 4)}.{signature}",
+        "non-canonical payload end": f"{header}.{payload[:-1]}{noncanonical_end(payload)}.{signature}",
+        "non-canonical signature end": f"{header}.{payload}.{signature[:-1]}{noncanonical_end(signature)}",
+        "header not JSON": f"{b64url(b'not json')}.{payload}.{signature}",
+        "header a list": f"{b64url_json([1, 2])}.{payload}.{signature}",
+        "kid a number": f"{b64url_json({**kid_header, 'kid': 7})}.{payload}.{signature}",
+        "crit header": f"{b64url_json({**kid_header, 'crit': ['exp']})}.{payload}.{signature}",
+        "b64 false": f"{b64url_json({**kid_header, 'b64': False})}.{payload}.{signature}",
+        "no kid": f"{b64url_json({'alg': 'EdDSA'})}.{payload}.{signature}",
+        "UTF-16 header": f"{b64url(json.dumps(kid_header).encode('utf-16'))}.{payload}.{signature}",
+    }
+
+
+def noncanonical_end(segment: str) -> str:
+    """Return a last character for segment that sets bits base64url leaves unused."""
+    if len(segment) % 4 == 0:
+        pytest.skip("segment length leaves no unused bits")
+    last = BASE64URL_ALPHABET.index(segment[-1])
+    return BASE64URL_ALPHABET[last | 1]
+
+
+def test_header_read_matches_pyjwt(eddsa: AccessSetup) -> None:
+    token, _ = eddsa.issue()
+    for name, variant in odd_tokens(token).items():
+        expected = pyjwt_header_outcome(variant)
+
+        assert header_outcome(variant) == expected, name
+
+
+@FUZZ
+@given(data=st.data())
+def test_header_read_matches_pyjwt_fuzz(
+    eddsa: AccessSetup, data: st.DataObject
+) -> None:
+    token, _ = eddsa.issue()
+    position = data.draw(st.integers(min_value=0, max_value=len(token) - 1))
+    replacement = data.draw(st.sampled_from(BASE64URL_ALPHABET + ".=+/ \u00e9"))
+    variant = token[:position] + replacement + token[position + 1 :]
+
+    assert header_outcome(variant) == pyjwt_header_outcome(variant)
+
+
+def test_access_malformed_unknown_kid_unauthorised(eddsa: AccessSetup) -> None:
+    # A malformed token is rejected as malformed before its kid is looked up.
+    header = b64url_json({"alg": "EdDSA", "kid": "kid-no-daemon-created"})
+    token = f"{header}.not*base64.{b64url(b'signature')}"
+
+    with pytest.raises(UnauthorisedError):
+        eddsa.codec.verify(token)

@@ -173,6 +173,57 @@ def _classify(
     return Rotation.THEFT
 
 
+_INSERT_SESSION = (
+    f"INSERT INTO sessiond_sessions ({_SESSION_COLUMNS}) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _session_row(record: SessionRecord) -> tuple[Any, ...]:
+    """Return the values of _INSERT_SESSION for a session."""
+    return (
+        record.session_handle,
+        record.user_id.encode("utf-8"),
+        record.refresh_token_hash2,
+        record.access_token_payload.encode("utf-8"),
+        record.session_data.encode("utf-8"),
+        record.data_version,
+        record.created_at_ms,
+        record.expires_at_ms,
+        record.previous_refresh_token_hash2,
+        record.refresh_token_changed_at_ms,
+        record.last_refreshed_at_ms,
+        record.idle_expires_at_ms,
+        record.device_user_agent.encode("utf-8"),
+        record.device_ip_address.encode("utf-8"),
+        record.device_label.encode("utf-8"),
+    )
+
+
+def _refresh_token_changes(
+    session: SessionRecord, outcome: Rotation, token_hash2: bytes, now_ms: int
+) -> dict[str, Any]:
+    """Return the columns to set so that the presented refresh token is the stored one.
+
+    The result is empty when the stored token stays, which is the case for
+    CURRENT, and for GRACE with the token the stored one replaced.
+    """
+    if outcome is Rotation.PROMOTED:
+        return {
+            "refresh_token_hash2": token_hash2,
+            "previous_refresh_token_hash2": session.refresh_token_hash2,
+            "refresh_token_changed_at_ms": now_ms,
+        }
+    if (
+        outcome is Rotation.GRACE
+        and token_hash2 != session.previous_refresh_token_hash2
+    ):
+        # A sibling of the stored token: the client kept the other response
+        # of a concurrent refresh, so its branch becomes the stored one.
+        return {"refresh_token_hash2": token_hash2}
+    return {}
+
+
 def _session_from_row(row: Sequence[Any]) -> SessionRecord:
     return SessionRecord(
         session_handle=row[0],
@@ -235,6 +286,24 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def _execute(self, cursor: Cursor, sql: str, params: Sequence[Any] = ()) -> None:
         """Execute one statement written with ``?`` placeholders."""
+
+    def _execute_and_commit(
+        self, cursor: Cursor, sql: str, params: Sequence[Any] = ()
+    ) -> None:
+        """Execute the last statement of a write transaction.
+
+        A backend may send COMMIT together with it, to save a round trip, so
+        work runs no statement after this one and raises nothing after it.
+        """
+        self._execute(cursor, sql, params)
+
+    def _insert_new_row(self, sql: str, params: Sequence[Any]) -> None:
+        """Run one INSERT whose primary key the caller chose at random, as a write of its own.
+
+        One INSERT is atomic, so a backend may run it without an explicit
+        transaction.
+        """
+        self._write(lambda cursor: self._execute(cursor, sql, params))
 
     @abc.abstractmethod
     def _insert_ignore(self, table: str, columns: Sequence[str]) -> str:
@@ -317,6 +386,10 @@ class Storage(abc.ABC):
         most that many live sessions after the insert. Sessions are live
         relative to record.created_at_ms.
         """
+        if max_sessions_per_user <= 0:
+            # The handle is a new random UUID, so no other row has it.
+            self._insert_new_row(_INSERT_SESSION, _session_row(record))
+            return []
 
         def work(cursor: Cursor) -> list[str]:
             evicted: list[str] = []
@@ -333,28 +406,7 @@ class Storage(abc.ABC):
                     RevocationReason.EVICTED,
                     record.created_at_ms,
                 )
-            self._execute(
-                cursor,
-                f"INSERT INTO sessiond_sessions ({_SESSION_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record.session_handle,
-                    record.user_id.encode("utf-8"),
-                    record.refresh_token_hash2,
-                    record.access_token_payload.encode("utf-8"),
-                    record.session_data.encode("utf-8"),
-                    record.data_version,
-                    record.created_at_ms,
-                    record.expires_at_ms,
-                    record.previous_refresh_token_hash2,
-                    record.refresh_token_changed_at_ms,
-                    record.last_refreshed_at_ms,
-                    record.idle_expires_at_ms,
-                    record.device_user_agent.encode("utf-8"),
-                    record.device_ip_address.encode("utf-8"),
-                    record.device_label.encode("utf-8"),
-                ),
-            )
+            self._execute(cursor, _INSERT_SESSION, _session_row(record))
             return evicted
 
         return self._write(work)
@@ -459,20 +511,14 @@ class Storage(abc.ABC):
                     cursor, [(handle, session.user_id)], RevocationReason.THEFT, now_ms
                 )
                 return RotationResult(outcome, session)
-            self._store_refresh_token(cursor, session, outcome, token_hash2, now_ms)
-            self._execute(
-                cursor,
-                "UPDATE sessiond_sessions SET expires_at_ms = ?, idle_expires_at_ms = ?, "
-                "last_refreshed_at_ms = ? WHERE session_handle = ?",
-                (
-                    capped_expiry(
-                        session.created_at_ms, expires_at_ms, max_lifetime_ms
-                    ),
-                    idle_expires_at_ms,
-                    now_ms,
-                    handle,
-                ),
+            # One UPDATE stores the token, if it changes, and the deadlines.
+            changes = _refresh_token_changes(session, outcome, token_hash2, now_ms)
+            changes["expires_at_ms"] = capped_expiry(
+                session.created_at_ms, expires_at_ms, max_lifetime_ms
             )
+            changes["idle_expires_at_ms"] = idle_expires_at_ms
+            changes["last_refreshed_at_ms"] = now_ms
+            self._update_session(cursor, handle, changes)
             return RotationResult(outcome, session)
 
         return self._write(work)
@@ -497,44 +543,26 @@ class Storage(abc.ABC):
                 return RotationResult(Rotation.NOT_FOUND, None)
             outcome = _classify(session, token_hash2, parent_hash2, now_ms, grace_ms)
             if outcome is not Rotation.THEFT:
-                self._store_refresh_token(cursor, session, outcome, token_hash2, now_ms)
+                changes = _refresh_token_changes(session, outcome, token_hash2, now_ms)
+                if changes:
+                    self._update_session(cursor, handle, changes)
             return RotationResult(outcome, session)
 
         return self._write(work)
 
-    def _store_refresh_token(
-        self,
-        cursor: Cursor,
-        session: SessionRecord,
-        outcome: Rotation,
-        token_hash2: bytes,
-        now_ms: int,
+    def _update_session(
+        self, cursor: Cursor, handle: str, changes: dict[str, Any]
     ) -> None:
-        if outcome is Rotation.PROMOTED:
-            self._execute(
-                cursor,
-                "UPDATE sessiond_sessions SET refresh_token_hash2 = ?, "
-                "previous_refresh_token_hash2 = ?, refresh_token_changed_at_ms = ? "
-                "WHERE session_handle = ?",
-                (
-                    token_hash2,
-                    session.refresh_token_hash2,
-                    now_ms,
-                    session.session_handle,
-                ),
-            )
-        elif (
-            outcome is Rotation.GRACE
-            and token_hash2 != session.previous_refresh_token_hash2
-        ):
-            # A sibling of the stored token: the client kept the other
-            # response of a concurrent refresh, so its branch becomes the
-            # stored one.
-            self._execute(
-                cursor,
-                "UPDATE sessiond_sessions SET refresh_token_hash2 = ? WHERE session_handle = ?",
-                (token_hash2, session.session_handle),
-            )
+        """Set columns of a locked session row, as the last statement of the transaction.
+
+        The keys of changes are column names from this module, never input.
+        """
+        assignments = ", ".join(f"{column} = ?" for column in changes)
+        self._execute_and_commit(
+            cursor,
+            f"UPDATE sessiond_sessions SET {assignments} WHERE session_handle = ?",
+            (*changes.values(), handle),
+        )
 
     def _lock_session(
         self, cursor: Cursor, handle: str, now_ms: int, *, with_data: bool = False
@@ -668,8 +696,10 @@ class Storage(abc.ABC):
             ConflictError: expected_version is set and differs from the stored
                 version; nothing is written.
         """
-        written = self.rewrite_session_data(
-            handle, lambda _old: data, now_ms, expected_version
+        # The new data does not depend on the stored data, so the locking
+        # read leaves the stored data out, because it may be megabytes.
+        written = self._replace_session_data(
+            handle, lambda _old: data, now_ms, expected_version, read_data=False
         )
         return None if written is None else written[1]
 
@@ -691,9 +721,23 @@ class Storage(abc.ABC):
             ConflictError: expected_version is set and differs from the stored
                 version; nothing is written.
         """
+        return self._replace_session_data(
+            handle, rewrite, now_ms, expected_version, read_data=True
+        )
+
+    def _replace_session_data(
+        self,
+        handle: str,
+        rewrite: Callable[[str], str],
+        now_ms: int,
+        expected_version: int | None,
+        *,
+        read_data: bool,
+    ) -> tuple[str, int] | None:
+        """Do the work of rewrite_session_data; without read_data, rewrite gets ""."""
 
         def work(cursor: Cursor) -> tuple[str, int] | None:
-            session = self._lock_session(cursor, handle, now_ms, with_data=True)
+            session = self._lock_session(cursor, handle, now_ms, with_data=read_data)
             if session is None:
                 return None
             if (
@@ -703,10 +747,10 @@ class Storage(abc.ABC):
                 raise ConflictError(expected_version, session.data_version)
             data = rewrite(session.session_data)
             version = session.data_version + 1
-            self._execute(
+            self._update_session(
                 cursor,
-                "UPDATE sessiond_sessions SET session_data = ?, data_version = ? WHERE session_handle = ?",
-                (data.encode("utf-8"), version, handle),
+                handle,
+                {"session_data": data.encode("utf-8"), "data_version": version},
             )
             return data, version
 
@@ -725,10 +769,8 @@ class Storage(abc.ABC):
             session = self._lock_session(cursor, handle, now_ms)
             if session is None:
                 return None
-            self._execute(
-                cursor,
-                "UPDATE sessiond_sessions SET access_token_payload = ? WHERE session_handle = ?",
-                (payload.encode("utf-8"), handle),
+            self._update_session(
+                cursor, handle, {"access_token_payload": payload.encode("utf-8")}
             )
             return dataclasses.replace(session, access_token_payload=payload)
 

@@ -3,12 +3,21 @@
 Pool settings, and why:
 - ping=0: no COM_PING on each checkout, which would double the round trips
   of a primary-key read. A dead connection is found by the statement that
-  uses it instead: outside a transaction DBUtils reconnects and runs the
-  statement again; inside one, this module retries the whole transaction.
+  uses it instead: for a read DBUtils reconnects and runs the statement
+  again; for a write this module retries the whole transaction.
 - reset=False: no ROLLBACK on each return to the pool, because every
   transaction here ends in an explicit COMMIT or ROLLBACK.
 - A semaphore with a timeout guards checkout, because PooledDB blocks
   forever when every connection is in use.
+
+Round trips: each statement costs one, and PyMySQL's begin() and commit()
+cost one each. So a write transaction sends BEGIN in the same COM_QUERY as
+its first statement, and COMMIT in the same COM_QUERY as the statement the
+storage code runs through _execute_and_commit. That needs the
+CLIENT_MULTI_STATEMENTS flag. Every statement here is a constant string
+whose values travel as PyMySQL parameters, which PyMySQL escapes, so no
+value can add a statement. A create without a per-user session cap is one
+INSERT in autocommit mode, which is atomic on its own.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ MAX_ATTEMPTS = 3
 # Server error numbers after which the same transaction may simply run again.
 DEADLOCK = 1213
 LOCK_WAIT_TIMEOUT = 1205
+DUPLICATE_KEY = 1062
 # Client and server error numbers meaning the connection is gone, so the
 # server rolled back whatever the transaction had done.
 CONNECTION_LOST = frozenset(
@@ -90,8 +100,9 @@ def connect_arguments(url: str, timeout_s: float) -> dict[str, Any]:
         "database": parts.path.lstrip("/"),
         "charset": "utf8mb4",
         "autocommit": True,
-        # Report matched rows, not changed rows, from UPDATE.
-        "client_flag": CLIENT.FOUND_ROWS,
+        # Report matched rows, not changed rows, from UPDATE. Allow several
+        # statements in one COM_QUERY (see the module docstring).
+        "client_flag": CLIENT.FOUND_ROWS | CLIENT.MULTI_STATEMENTS,
         "connect_timeout": timeout,
         "read_timeout": timeout,
         "write_timeout": timeout,
@@ -169,29 +180,35 @@ class MysqlStorage(Storage):
 
     def _run(self, work: Callable[[Cursor], T], *, transaction: bool) -> T:
         for attempt in range(1, MAX_ATTEMPTS + 1):
-            committing = False
+            statements: _TransactionCursor | None = None
             try:
                 with self._connection() as connection:
                     if attempt > 1:
                         _replace_if_dead(connection)
                     cursor = connection.cursor()
                     try:
-                        if transaction:
-                            connection.begin()
-                        result = work(cursor)
-                        if transaction:
-                            committing = True
+                        if not transaction:
+                            return work(cursor)
+                        statements = _TransactionCursor(cursor)
+                        result = work(statements)
+                        if statements.begun and not statements.committed:
+                            statements.committing = True
                             connection.commit()
                         return result
-                    except BaseException:
-                        if transaction and not committing:
-                            _rollback(connection)
+                    except BaseException as exc:
+                        # After a failed statement or COMMIT the transaction
+                        # may still be open. After a lost connection the
+                        # server has rolled it back, unless COMMIT was sent.
+                        if statements is not None and statements.begun:
+                            if not (statements.committing and _is_connection_lost(exc)):
+                                _rollback(connection)
                         raise
                     finally:
                         with contextlib.suppress(Exception):
                             cursor.close()
             except (pymysql.err.OperationalError, pymysql.err.InterfaceError) as exc:
                 metrics.DATABASE_ERRORS.labels(_error_kind(exc)).inc()
+                committing = statements is not None and statements.committing
                 if committing and _is_connection_lost(exc):
                     raise UnavailableError(
                         "database connection lost during COMMIT; the write may or may not "
@@ -228,6 +245,36 @@ class MysqlStorage(Storage):
     def _execute(self, cursor: Cursor, sql: str, params: Sequence[Any] = ()) -> None:
         cursor.execute(sql.replace("?", "%s"), tuple(params) if params else None)
 
+    def _execute_and_commit(
+        self, cursor: Cursor, sql: str, params: Sequence[Any] = ()
+    ) -> None:
+        cursor.execute(
+            sql.replace("?", "%s"), tuple(params) if params else None, commit=True
+        )
+
+    def _insert_new_row(self, sql: str, params: Sequence[Any]) -> None:
+        # One statement in autocommit mode. When a connection is lost while
+        # the INSERT runs, the server may have committed it, so the INSERT
+        # runs again on another connection. If it then finds its own
+        # primary key, the earlier attempt committed it. No other writer
+        # can insert that key, because the caller chose it at random.
+        attempts = 0
+
+        def work(cursor: Cursor) -> None:
+            nonlocal attempts
+            attempts += 1
+            try:
+                # DBUtils would otherwise rerun the INSERT itself after a
+                # lost connection, and raise the duplicate key error.
+                with cursor.no_failover():
+                    self._execute(cursor, sql, params)
+            except pymysql.err.IntegrityError as exc:
+                if attempts > 1 and _is_duplicate_primary_key(exc):
+                    return
+                raise
+
+        self._run(work, transaction=False)
+
     def _insert_ignore(self, table: str, columns: Sequence[str]) -> str:
         marks = ", ".join("?" for _ in columns)
         return f"INSERT IGNORE INTO {table} ({', '.join(columns)}) VALUES ({marks})"
@@ -253,6 +300,72 @@ class MysqlStorage(Storage):
 
     def close(self) -> None:
         self._pool.close()
+
+
+class _TransactionCursor:
+    """The cursor of one write transaction, which sends BEGIN and COMMIT with statements.
+
+    BEGIN goes in the COM_QUERY of the first statement, and COMMIT in that of
+    a statement run with commit=True, which must be the last one. DBUtils
+    must never run these statements again on a new connection after a lost
+    connection, because there they would run outside the transaction.
+    """
+
+    def __init__(self, cursor: Any) -> None:
+        self._cursor = cursor
+        # BEGIN was sent, so a transaction may be open.
+        self.begun = False
+        # COMMIT was sent, so after a lost connection its outcome is unknown.
+        self.committing = False
+        self.committed = False
+        # The statement's own result, kept because reading COMMIT's result
+        # replaces the cursor's.
+        self.rowcount = -1
+        self.lastrowid: int | None = None
+        self._rows: Sequence[Any] = ()
+        self._next_row = 0
+
+    def execute(self, sql: str, args: Any, *, commit: bool = False) -> None:
+        if self.committing:
+            raise RuntimeError("a statement came after the COMMIT of its transaction")
+        parts = [sql]
+        with_begin = not self.begun
+        if with_begin:
+            parts.insert(0, "BEGIN")
+        if commit:
+            parts.append("COMMIT")
+            self.committing = True
+        self.begun = True
+        with self._cursor.no_failover():
+            self._cursor.execute("; ".join(parts), args)
+        # The server runs the statements in order and stops at the first
+        # error, which PyMySQL raises when it reads that statement's result.
+        if with_begin:
+            self._cursor.nextset()
+        self._rows = self._cursor.fetchall()
+        self._next_row = 0
+        self.rowcount = self._cursor.rowcount
+        self.lastrowid = self._cursor.lastrowid
+        if commit:
+            self._cursor.nextset()
+            self.committed = True
+
+    def fetchone(self) -> Any:
+        if self._next_row >= len(self._rows):
+            return None
+        self._next_row += 1
+        return self._rows[self._next_row - 1]
+
+    def fetchall(self) -> Sequence[Any]:
+        rows = self._rows[self._next_row :]
+        self._next_row = len(self._rows)
+        return rows
+
+
+def _is_duplicate_primary_key(exc: pymysql.err.IntegrityError) -> bool:
+    # MariaDB and MySQL name the key in the message: "... for key 'PRIMARY'"
+    # (MySQL 8 writes 'table.PRIMARY').
+    return _error_number(exc) == DUPLICATE_KEY and "PRIMARY'" in str(exc.args[-1])
 
 
 def _describe(exc: BaseException) -> str:
