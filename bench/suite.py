@@ -28,7 +28,7 @@ DELETE_FLOOR_ROWS = 20_000
 # NOTE: a daemon that revokes faster runs out early, and the calls column shows it.
 MIN_REVOKE_HANDLES_PER_SECOND = 1000
 RSS_TIMEOUT_S = 600.0
-# The revocation stream of the local-verifying client answers within a second.
+# The revocation stream of the local-verifying client sends its first message within a second.
 LOCAL_READY_TIMEOUT_S = 10.0
 # SessionClient per thread, or one shared by every thread.
 SHARED = "shared"

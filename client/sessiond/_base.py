@@ -1,4 +1,4 @@
-"""What SessionClient and AsyncSessionClient share: settings, channel options, the stub."""
+"""The shared base of SessionClient and AsyncSessionClient: settings, channel options, the stub."""
 
 from __future__ import annotations
 
@@ -136,9 +136,9 @@ class ClientBase:
         raise NotImplementedError
 
     def wait_for_local_verification(self, timeout: float) -> bool:
-        """Wait until local verification can answer; return whether it can.
+        """Wait until local verification is available; return whether it is.
 
-        It can once the revocation stream is current, and only with
+        It is available once the revocation stream is current, and only with
         ``local_verification=True``.
         """
         return self._local is not None and self._local.wait_until_current(timeout)

@@ -89,7 +89,7 @@ def _session_fields(
 
 
 def _issued_session(response: Any) -> SessionFields:
-    """A create or refresh response, which issues all three tokens."""
+    """Read a create or refresh response, which issues all three tokens."""
     return _session_fields(
         response, refresh_token="refresh_token", anti_csrf_token="anti_csrf_token"
     )

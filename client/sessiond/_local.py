@@ -1,14 +1,15 @@
 """Access token verification in process, with revocations pushed by the daemon.
 
-A LocalVerifier checks a token as the daemon's VerifySession does (key from
-the kid header, algorithm from the key, issuer, exp with the daemon's
-leeway, anti-CSRF hash) against the daemon's JWK Set, and keeps a watch
-stream open that reports which sessions ended. It returns a result only while that
-stream is current. Otherwise it returns None and the client asks the daemon,
-so a lost stream costs speed, never a revoked session accepted for long.
+A LocalVerifier checks a token as the daemon's VerifySession does: the key
+named by the kid header, the algorithm of that key, the issuer, exp with
+the daemon's leeway, and the anti-CSRF hash. The keys come from the
+daemon's JWK Set. A watch stream reports which sessions ended.
 
-A token seen before is answered from a cache without a signature check,
-until it expires or its session is revoked.
+The verifier returns a result only while that stream is current. Otherwise
+it returns None and the client calls the daemon, so a lost stream costs
+speed and never lets a revoked session through for long. A token seen
+before is checked from a cache without a signature check, until it expires
+or its session is revoked.
 """
 
 from __future__ import annotations
@@ -240,27 +241,23 @@ class LocalVerifier:
         allow_parent: bool = False,
         blocking: bool = True,
     ) -> LocalClaims | None:
+        """Check a token's signature and time claims; return None to leave it to the daemon."""
         if len(token) > MAX_LOCAL_TOKEN_CHARS:
             return None
         if "=" in token:
             raise _unauthorised("access token is malformed")
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.InvalidTokenError:
+        except (jwt.InvalidTokenError, UnicodeError):
             raise _unauthorised("access token is malformed") from None
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid:
             raise _unauthorised("access token has no kid header")
-        key = settings.keys.get(kid)
-        if key is None and not blocking:
-            threading.Thread(target=self._refetch_settings, daemon=True).start()
-            return None
+
+        key, settings = self._key(kid, settings, blocking)
         if key is None:
-            settings = self._refetch_settings() or settings
-            key = settings.keys.get(kid)
-            if key is None:
-                # The daemon may know a key this copy of the JWK Set lacks.
-                return None
+            # The daemon may know a key this copy of the JWK Set lacks.
+            return None
         if header.get("alg") != key.algorithm_name:
             raise _unauthorised("access token alg header does not match its key")
         try:
@@ -280,6 +277,7 @@ class LocalVerifier:
             raise _unauthorised(
                 f"access token is invalid: {type(exc).__name__}"
             ) from None
+
         if "prth" in claims and not allow_parent:
             # The first use of a token from a refresh promotes its refresh
             # token in the database.
@@ -297,6 +295,23 @@ class LocalVerifier:
             name: value for name, value in claims.items() if name not in RESERVED_CLAIMS
         }
         return LocalClaims(handle, user_id, payload, expiry, csrf)
+
+    def _key(
+        self, kid: str, settings: _Settings, blocking: bool
+    ) -> tuple[jwt.PyJWK | None, _Settings]:
+        """Return the key named kid, fetching the JWK Set again if it is unknown.
+
+        Without blocking, the fetch runs in a thread and the key is None.
+        """
+        key = settings.keys.get(kid)
+        if key is not None:
+            return key, settings
+        if not blocking:
+            if time.monotonic() - self._last_fetch_s >= JWKS_REFETCH_INTERVAL_S:
+                threading.Thread(target=self._refetch_settings, daemon=True).start()
+            return None, settings
+        settings = self._refetch_settings() or settings
+        return settings.keys.get(kid), settings
 
     def _remember(self, token: str, entry: _CacheEntry) -> None:
         cache = self._cache

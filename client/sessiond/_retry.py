@@ -123,7 +123,7 @@ class Attempts:
         self._retries_made = 0
 
     def timeout_s(self) -> float:
-        """What is left of the call's deadline, for the next attempt."""
+        """Return what is left of the call's deadline, for the next attempt."""
         return max(0.0, self._deadline - self._clock())
 
     def wait_after(self, error: grpc.RpcError) -> float:

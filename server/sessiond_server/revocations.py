@@ -123,7 +123,7 @@ class RevocationFeed:
             if self._closed:
                 return
             if not self._watchers:
-                # Polling for nobody would keep every pooled connection busy.
+                # Polls without watchers would keep every pooled connection busy.
                 continue
             try:
                 self.poll()
@@ -236,15 +236,15 @@ class RevocationFeed:
     ) -> Iterator[FeedBatch]:
         """Yield batches for one watcher until the feed closes.
 
-        The first batch holds every retained revocation with seq above
-        after_seq. Later ones hold what arrived since the previous batch, or
+        The first batch contains every retained revocation with seq above
+        after_seq. Later ones contain what arrived since the previous batch, or
         nothing when heartbeat_s passes without news. While the last good
         poll is older than FRESH_POLL_S, nothing is sent at all.
         """
         with self._condition:
             self._watchers += 1
         try:
-            # The poller skips polls while nobody watches, so catch up first.
+            # The poller skips polls while there are no watchers, so catch up first.
             # A failure is logged by the poller, and leaves the feed stale.
             with contextlib.suppress(Exception):
                 self.poll()
@@ -255,7 +255,7 @@ class RevocationFeed:
                 self._watchers -= 1
 
     def _fresh(self) -> bool:
-        """Whether a poll succeeded recently enough for watchers to trust the feed."""
+        """Return whether a poll succeeded recently enough for watchers to trust the feed."""
         return time.monotonic() - self._last_poll_ok_s <= FRESH_POLL_S
 
     def _batches(self, after_seq: int, heartbeat_s: float) -> Iterator[FeedBatch]:

@@ -320,7 +320,7 @@ def test_exceptions_match_the_sync_client(
 
 
 def test_deadline_covers_the_call() -> None:
-    """A daemon that never answers makes the call raise at its deadline."""
+    """A daemon that never replies makes the call raise at its deadline."""
     # The kernel completes TCP handshakes for the backlog, but nothing ever
     # speaks HTTP/2 on this socket, so no call can finish.
     with socket.socket() as silent:

@@ -123,7 +123,7 @@ def test_idempotent_call_waits_for_the_daemon_to_listen(
     run(main)
 
 
-def test_idempotent_calls_survive_a_restart_on_the_same_port(
+def test_idempotent_call_survives_restart(
     kind: str, start_daemon: StartDaemon, sqlite_url: str
 ) -> None:
     address = f"127.0.0.1:{free_port()}"

@@ -308,7 +308,7 @@ def test_lost_stream_falls_back_then_catches_up(
         with away.client() as other:
             other.revoke_session(session.handle)
         assert away.stop() == 0
-        # With the stream gone, get_session asks the daemon, which is down.
+        # With the stream gone, get_session calls the daemon, which is down.
         deadline = time.monotonic() + 10
         while True:
             try:

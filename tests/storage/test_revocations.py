@@ -77,11 +77,11 @@ def feed_clock() -> Clock:
 @pytest.fixture
 def feed(storage: Storage, feed_clock: Clock) -> Iterator[RevocationFeed]:
     # A long interval, so the test drives every poll itself.
-    made = RevocationFeed(
+    created = RevocationFeed(
         storage, retention_ms=RETENTION_MS, clock=feed_clock, poll_interval_s=3600
     )
-    yield made
-    made.close()
+    yield created
+    created.close()
 
 
 def test_revoke_logs_each_session(storage: Storage) -> None:
@@ -166,12 +166,12 @@ def test_delete_revocations_keeps_recent(storage: Storage) -> None:
 
 def test_feed_replays_retained_rows(storage: Storage, feed: RevocationFeed) -> None:
     insert_log_row(storage, 1, revoked_at_ms=NOW_MS - RETENTION_MS - 1)
-    kept = [insert_log_row(storage, seq) for seq in (2, 3)]
+    retained = [insert_log_row(storage, seq) for seq in (2, 3)]
     feed.poll()
 
     first = next(feed.watch(0))
 
-    assert [row.session_handle for row in first.revocations] == kept
+    assert [row.session_handle for row in first.revocations] == retained
     assert first.resume_after_seq == 3
 
 

@@ -106,7 +106,7 @@ def test_update_is_idempotent_only_with_an_expected_version() -> None:
     assert versioned.request.expected_data_version == 4
 
 
-def test_every_client_method_has_a_call_or_composes_others() -> None:
+def test_client_methods_have_calls() -> None:
     composed = {"close", "get_session_data", "modify_session_data"}
     methods = {
         name
@@ -198,7 +198,7 @@ def test_non_idempotent_call_raises_at_once() -> None:
         attempts.wait_after(UNAVAILABLE)
 
 
-def test_retry_waits_double_with_jitter_up_to_the_maximum() -> None:
+def test_retry_waits_double_with_jitter() -> None:
     policy = RetryPolicy(timeout_s=100, retries=6, backoff_s=0.1, backoff_max_s=0.5)
     for _ in range(20):
         attempts = Attempts(policy, idempotent=True, clock=Clock())

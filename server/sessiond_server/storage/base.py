@@ -116,7 +116,7 @@ class RotationResult:
 
 
 class RevocationReason(enum.Enum):
-    """Why a session ended, as written to the revocation log."""
+    """The cause of a session's end, as written to the revocation log."""
 
     REVOKED = "revoked"  # a revoke call
     THEFT = "theft"  # a replayed refresh token
