@@ -17,7 +17,7 @@ from ._retry import (
     DEFAULT_TIMEOUT_S,
     RetryPolicy,
 )
-from .errors import GeneralError
+from .errors import GeneralError, InvalidArgumentError
 from .v1 import session_pb2_grpc
 
 MAX_RECEIVE_MESSAGE_BYTES = 65 * 1024 * 1024
@@ -102,6 +102,12 @@ class ClientBase:
         local_verification: bool = False,
         local_cache_size: int = DEFAULT_CACHE_SIZE,
     ) -> None:
+        if local_cache_size < 0:
+            raise InvalidArgumentError(
+                f"invalid local_cache_size: {local_cache_size}; pass 0 or more "
+                "(0 keeps no verified tokens)",
+                field="local_cache_size",
+            )
         self._policy = RetryPolicy(
             timeout_s=timeout,
             retries=retries,

@@ -28,6 +28,7 @@ from typing import Any
 import grpc
 import jwt
 
+from ._cache import TokenCache
 from .errors import TryRefreshTokenError, UnauthorisedError
 from .v1 import session_pb2 as pb
 from .v1 import session_pb2_grpc
@@ -127,12 +128,10 @@ class LocalVerifier:
         self._stub = session_pb2_grpc.SessionServiceStub(channel)  # type: ignore[no-untyped-call]
         self._metadata = metadata
         self._timeout = timeout
-        self._cache_size = cache_size
         self._settings: _Settings | None = None
         self._settings_lock = threading.Lock()
         self._last_fetch_s = -JWKS_REFETCH_INTERVAL_S
-        # Verified tokens in insertion order, so the oldest is evicted first.
-        self._cache: dict[str, _CacheEntry] = {}
+        self._cache: TokenCache[_CacheEntry] = TokenCache(cache_size)
         # session handle -> revoked_at_ms.
         self._revoked: dict[str, int] = {}
         self._resume_after_seq = 0
@@ -189,7 +188,7 @@ class LocalVerifier:
             if checked is None:
                 return None
             entry = _CacheEntry(checked)
-            self._remember(access_token, entry)
+            self._cache.put(access_token, entry)
         elif time.time() >= entry.claims.expiry_s + settings.leeway_s:
             raise _try_refresh("access token has expired; refresh the session")
         claims = entry.claims
@@ -215,7 +214,7 @@ class LocalVerifier:
         except (TryRefreshTokenError, UnauthorisedError):
             return
         if claims is not None:
-            self._remember(access_token, _CacheEntry(claims))
+            self._cache.put(access_token, _CacheEntry(claims))
 
     def note_revoked(self, handles: list[str]) -> None:
         """Record sessions this client revoked, before the stream reports them."""
@@ -312,16 +311,6 @@ class LocalVerifier:
             return None, settings
         settings = self._refetch_settings() or settings
         return settings.keys.get(kid), settings
-
-    def _remember(self, token: str, entry: _CacheEntry) -> None:
-        cache = self._cache
-        while len(cache) >= self._cache_size:
-            try:
-                del cache[next(iter(cache))]
-            except (KeyError, RuntimeError, StopIteration):
-                # Another thread changed the cache meanwhile: try again.
-                continue
-        cache[token] = entry
 
     # -- JWK Set ----------------------------------------------------------------
 

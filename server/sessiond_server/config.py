@@ -60,6 +60,7 @@ class Config:
     blacklisting: bool = False
     max_session_data_bytes: int = 1024 * 1024
     max_access_token_payload_bytes: int = 16 * 1024
+    verified_token_cache_size: int = 10_000
     db_pool_size: int = 10
     db_timeout_s: float = 10.0
     migrate_on_start: bool = True
@@ -121,6 +122,9 @@ class Config:
             self.max_access_token_payload_bytes,
             2,
             1024 * 1024,
+        )
+        _check_range(
+            "verified_token_cache_size", self.verified_token_cache_size, 0, 10_000_000
         )
         _check_range("db_pool_size", self.db_pool_size, 1, 1000)
         _check_range("db_timeout_s", self.db_timeout_s, 0.1, 600)

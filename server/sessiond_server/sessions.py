@@ -140,6 +140,7 @@ class SessionManager:
             validity_s=config.access_token_validity_s,
             leeway_s=config.clock_skew_leeway_s,
             max_token_chars=2 * config.max_access_token_payload_bytes + 4096,
+            cache_size=config.verified_token_cache_size,
         )
 
     # -- tokens ---------------------------------------------------------------

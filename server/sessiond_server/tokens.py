@@ -21,11 +21,14 @@ import hmac
 import json
 import re
 import secrets
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import jwt
+
+from sessiond._cache import TokenCache
 
 from .errors import InvalidArgumentError, TryRefreshTokenError, UnauthorisedError
 from .keys import KeyManager
@@ -40,6 +43,9 @@ _HASH_BYTES = 32
 _BODY_BYTES = 1 + 16 + _NONCE_BYTES + 1
 _MAX_REFRESH_TOKEN_CHARS = 256
 _REQUIRED_CLAIMS = ["exp", "iat", "iss", "sub", "sid", "rth"]
+# Longer tokens (large payloads) are checked in full on every verify, so
+# the verified-token cache holds at most its size times this many characters.
+MAX_CACHED_TOKEN_CHARS = 2048
 
 
 def b64url(data: bytes) -> str:
@@ -147,12 +153,15 @@ class AccessTokenCodec:
         validity_s: int,
         leeway_s: int,
         max_token_chars: int,
+        cache_size: int = 0,
     ) -> None:
         self._keys = keys
         self._issuer = issuer
         self._validity_s = validity_s
         self._leeway_s = leeway_s
         self._max_token_chars = max_token_chars
+        # token -> (its claims, the kid of the key that signed it).
+        self._verified: TokenCache[tuple[AccessClaims, str]] = TokenCache(cache_size)
 
     def issue(
         self,
@@ -193,13 +202,19 @@ class AccessTokenCodec:
         """Check signature, issuer and time claims, and return the claims.
 
         The algorithm comes from the key that the kid header names, never
-        from the token's own alg header.
+        from the token's own alg header. A token that passed before skips
+        the signature check: its claims come from the cache, and exp and
+        its key are checked again on every call.
 
         Raises:
             TryRefreshTokenError: expired, or signed by a key this daemon does
                 not know.
             UnauthorisedError: malformed, tampered or forged.
         """
+        cached = self._verified.get(token)
+        if cached is not None:
+            self._check_still_valid(*cached)
+            return cached[0]
         if len(token) > self._max_token_chars:
             raise UnauthorisedError(
                 f"access token is {len(token)} characters, longer than any token sessiond issues"
@@ -239,7 +254,25 @@ class AccessTokenCodec:
             raise UnauthorisedError(
                 f"access token is invalid: {type(exc).__name__}"
             ) from None
-        return _claims_from(claims)
+        checked = _claims_from(claims)
+        if len(token) <= MAX_CACHED_TOKEN_CHARS:
+            self._verified.put(token, (checked, kid))
+        return checked
+
+    def _check_still_valid(self, claims: AccessClaims, kid: str) -> None:
+        """Raise as jwt.decode and verify() would for a token that passed before.
+
+        Of what verify() checks, only exp and the key's retirement change
+        with time: the signature, issuer and claims were checked at first
+        sight, and an iat that was not in the future then is not now.
+        """
+        # PyJWT's test: the token has expired when exp <= now - leeway.
+        if claims.expiry_ms / 1000 <= time.time() - self._leeway_s:
+            raise TryRefreshTokenError("access token has expired; refresh the session")
+        if self._keys.verification_key(kid) is None:
+            raise TryRefreshTokenError(
+                "access token is signed by an unknown or retired key; refresh the session"
+            )
 
 
 _BASE64URL_TEXT = re.compile(r"[A-Za-z0-9_-]*")

@@ -313,6 +313,7 @@ def test_unavailable_reported_by_the_daemon_is_not_retried(
         ("retries", -1),
         ("retry_backoff_s", 0),
         ("retry_backoff_max_s", 0.01),
+        ("local_cache_size", -1),
     ],
 )
 def test_bad_settings_rejected(kind: str, setting: str, value: float) -> None:

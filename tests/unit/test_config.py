@@ -195,6 +195,11 @@ BAD_FILE_VALUES = [
         "max_sessions_per_user = 2.5", "max_sessions_per_user", id="cap-not-integer"
     ),
     pytest.param(
+        "verified_token_cache_size = -1",
+        "verified_token_cache_size",
+        id="token-cache-negative",
+    ),
+    pytest.param(
         'tls_cert_file = "/nonexistent/cert.pem"',
         "tls_key_file",
         id="tls-cert-without-key",

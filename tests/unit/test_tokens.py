@@ -14,6 +14,7 @@ import hmac
 import json
 import secrets
 import string
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +32,7 @@ from sessiond_server.errors import TryRefreshTokenError, UnauthorisedError
 from sessiond_server.keys import KeyManager
 from sessiond_server.storage import Storage, open_storage
 from sessiond_server.tokens import (
+    MAX_CACHED_TOKEN_CHARS,
     AccessTokenCodec,
     RefreshTokenCodec,
     _unverified_header,
@@ -228,7 +230,11 @@ class AccessSetup:
         self.codec = self.make_codec()
 
     def make_codec(
-        self, *, issuer: str = ISSUER, max_token_chars: int = MAX_TOKEN_CHARS
+        self,
+        *,
+        issuer: str = ISSUER,
+        max_token_chars: int = MAX_TOKEN_CHARS,
+        cache_size: int = 0,
     ) -> AccessTokenCodec:
         return AccessTokenCodec(
             self.keys,
@@ -236,6 +242,7 @@ class AccessSetup:
             validity_s=VALIDITY_S,
             leeway_s=LEEWAY_S,
             max_token_chars=max_token_chars,
+            cache_size=cache_size,
         )
 
     def issue(self, *, now_ms: int | None = None, **changes: Any) -> tuple[str, int]:
@@ -643,3 +650,119 @@ def test_access_malformed_unknown_kid_unauthorised(eddsa: AccessSetup) -> None:
 
     with pytest.raises(UnauthorisedError):
         eddsa.codec.verify(token)
+
+
+# -- verified-token cache -----------------------------------------------------
+
+
+def count_decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record each jwt.decode call (the signature check) and let it run."""
+    calls: list[str] = []
+    real_decode = jwt.decode
+
+    def counting_decode(token: str, *args: Any, **kwargs: Any) -> Any:
+        calls.append(token)
+        return real_decode(token, *args, **kwargs)
+
+    monkeypatch.setattr(jwt, "decode", counting_decode)
+    return calls
+
+
+def test_cached_verify_skips_signature_check(
+    eddsa: AccessSetup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    codec = eddsa.make_codec(cache_size=10)
+    token, _ = eddsa.issue()
+    decodes = count_decodes(monkeypatch)
+
+    first = codec.verify(token)
+    second = codec.verify(token)
+
+    assert second == first
+    assert decodes == [token]
+
+
+def test_cache_size_zero_checks_every_time(
+    eddsa: AccessSetup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    codec = eddsa.make_codec(cache_size=0)
+    token, _ = eddsa.issue()
+    decodes = count_decodes(monkeypatch)
+
+    codec.verify(token)
+    codec.verify(token)
+
+    assert decodes == [token, token]
+
+
+def test_long_token_not_cached(
+    eddsa: AccessSetup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    codec = eddsa.make_codec(cache_size=10)
+    token, _ = eddsa.issue(payload={"blob": "x" * MAX_CACHED_TOKEN_CHARS})
+    assert len(token) > MAX_CACHED_TOKEN_CHARS
+    decodes = count_decodes(monkeypatch)
+
+    codec.verify(token)
+    codec.verify(token)
+
+    assert decodes == [token, token]
+
+
+def test_cache_forgets_oldest_beyond_size(
+    eddsa: AccessSetup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    codec = eddsa.make_codec(cache_size=2)
+    tokens = [eddsa.issue()[0] for _ in range(3)]
+    for token in tokens:
+        codec.verify(token)
+    decodes = count_decodes(monkeypatch)
+
+    for token in reversed(tokens):
+        codec.verify(token)
+
+    # The first token was evicted by the third, so only it is checked again.
+    assert decodes == [tokens[0]]
+
+
+def test_cached_token_expires(eddsa: AccessSetup) -> None:
+    codec = eddsa.make_codec(cache_size=10)
+    # exp lands 1.1 to 2.1 s before the leeway runs out.
+    issued_ms = clock.now_ms() - (VALIDITY_S + LEEWAY_S) * 1000 + 1100
+    token, expiry_ms = eddsa.issue(now_ms=issued_ms)
+    codec.verify(token)
+
+    while time.time() <= expiry_ms / 1000 + LEEWAY_S:
+        time.sleep(0.05)
+
+    with pytest.raises(TryRefreshTokenError, match="expired"):
+        codec.verify(token)
+
+
+def test_cached_token_fails_once_its_key_retires(tmp_path: Path) -> None:
+    setup = open_setup(tmp_path, "EdDSA")
+    try:
+        codec = setup.make_codec(cache_size=10)
+        token, _ = setup.issue()
+        codec.verify(token)
+
+        # A year on, the key has long stopped signing and left its verify window.
+        setup.clock.now_ms += 365 * 24 * 3600 * 1000
+
+        with pytest.raises(TryRefreshTokenError, match="retired key"):
+            codec.verify(token)
+    finally:
+        setup.storage.close()
+
+
+def test_cache_does_not_accept_a_changed_token(eddsa: AccessSetup) -> None:
+    codec = eddsa.make_codec(cache_size=10)
+    token, _ = eddsa.issue()
+    codec.verify(token)
+    signing_input, _, signature = token.rpartition(".")
+    changed = (
+        signing_input + "." + ("A" if signature[0] != "A" else "B") + signature[1:]
+    )
+
+    with pytest.raises(UnauthorisedError):
+        codec.verify(changed)
