@@ -267,7 +267,12 @@ def test_round_trips_per_call(storage: Storage, proxy: Proxy) -> None:
     calls: list[tuple[str, int, Callable[[], object]]] = [
         ("create", 1, lambda: storage.create_session(record)),
         ("get data", 1, lambda: storage.get_session_data(handle, NOW_MS)),
-        ("update data", 2, lambda: storage.update_session_data(handle, "{}", NOW_MS)),
+        ("update data", 1, lambda: storage.update_session_data(handle, "{}", NOW_MS)),
+        (
+            "update data at a version",
+            1,
+            lambda: storage.update_session_data(handle, "{}", NOW_MS, 2),
+        ),
         ("merge data", 2, lambda: storage.rewrite_session_data(handle, str, NOW_MS)),
         (
             "refresh with a child",
@@ -288,6 +293,7 @@ def test_round_trips_per_call(storage: Storage, proxy: Proxy) -> None:
                 handle, child, grandchild, NOW_MS, GRACE_MS
             ),
         ),
+        ("revoke", 2, lambda: storage.revoke_sessions([handle], NOW_MS)),
     ]
     # Warm the pool, so that no call pays for a connection.
     storage.ping()
@@ -372,11 +378,29 @@ def test_lost_before_first_statement_retried(
     storage.create_session(record)
     proxy.drop_before = lambda query: query.startswith("BEGIN; SELECT")
 
-    version = storage.update_session_data(record.session_handle, '{"n":1}', NOW_MS)
+    written = storage.rewrite_session_data(
+        record.session_handle, lambda _old: '{"n":1}', NOW_MS
+    )
 
-    assert version == 2
+    assert written == ('{"n":1}', 2)
     assert proxy.count("BEGIN; SELECT") == 2, "the transaction was not retried"
     assert stored_row(mysql_url, record.session_handle)[0][:2] == ('{"n":1}', 2)
+
+
+def test_lost_one_query_transaction_not_retried(
+    storage: Storage, proxy: Proxy, mysql_url: str
+) -> None:
+    # The whole write, COMMIT included, is one query, so when the connection
+    # drops during it the client cannot know whether the server ran it.
+    record = make_session()
+    storage.create_session(record)
+    proxy.drop_before = lambda query: query.startswith("BEGIN; UPDATE")
+
+    with pytest.raises(UnavailableError, match="may or may not"):
+        storage.update_session_data(record.session_handle, '{"n":1}', NOW_MS)
+
+    assert proxy.count("BEGIN; UPDATE") == 1, "the write was sent again"
+    assert stored_row(mysql_url, record.session_handle)[0][:2] == ('{"n":0}', 1)
 
 
 def test_commit_reply_lost_not_retried(
@@ -389,7 +413,9 @@ def test_commit_reply_lost_not_retried(
     with pytest.raises(UnavailableError, match="may or may not"):
         storage.update_session_data(record.session_handle, '{"n":1}', NOW_MS)
 
-    assert proxy.count("UPDATE sessiond_sessions") == 1, "the committed write ran again"
+    assert proxy.count("BEGIN; UPDATE sessiond_sessions") == 1, (
+        "the committed write ran again"
+    )
     assert stored_row(mysql_url, record.session_handle)[0][:2] == ('{"n":1}', 2)
 
 

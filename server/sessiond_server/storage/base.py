@@ -13,7 +13,7 @@ import enum
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from .. import migrations
 from ..errors import ConflictError
@@ -50,6 +50,13 @@ _LISTING_COLUMNS = (
 # read that treats a session as existing uses it, so a session past either
 # deadline is gone for callers before the cleanup job deletes its row.
 _LIVE = "expires_at_ms > ? AND idle_expires_at_ms > ?"
+
+
+class StatementResult(NamedTuple):
+    """The row count and rows of one statement in a batch."""
+
+    rowcount: int
+    rows: tuple[Any, ...]
 
 
 @dataclass(frozen=True)
@@ -296,6 +303,21 @@ class Storage(abc.ABC):
         work runs no statement after this one and raises nothing after it.
         """
         self._execute(cursor, sql, params)
+
+    def _execute_all_and_commit(
+        self, cursor: Cursor, statements: Sequence[tuple[str, Sequence[Any]]]
+    ) -> list[StatementResult]:
+        """Execute the last statements of a write transaction; return each one's result.
+
+        A backend may send them and COMMIT in one round trip, so, as with
+        _execute_and_commit, work runs no statement after these and raises
+        nothing after them.
+        """
+        results = []
+        for sql, params in statements:
+            self._execute(cursor, sql, params)
+            results.append(StatementResult(cursor.rowcount, tuple(cursor.fetchall())))
+        return results
 
     def _insert_new_row(self, sql: str, params: Sequence[Any]) -> None:
         """Run one INSERT whose primary key the caller chose at random, as a write of its own.
@@ -595,19 +617,23 @@ class Storage(abc.ABC):
             existing = {
                 row[0]: bytes(row[1]).decode("utf-8") for row in cursor.fetchall()
             }
-            if existing:
-                self._execute(
-                    cursor,
-                    f"DELETE FROM sessiond_sessions WHERE session_handle IN ({marks})",
-                    unique,
-                )
             revoked = [handle for handle in unique if handle in existing]
-            self._log_revocations(
-                cursor,
-                [(handle, existing[handle]) for handle in revoked],
-                RevocationReason.REVOKED,
-                now_ms,
-            )
+            if revoked:
+                self._execute_all_and_commit(
+                    cursor,
+                    [
+                        (
+                            "DELETE FROM sessiond_sessions "
+                            f"WHERE session_handle IN ({marks})",
+                            unique,
+                        ),
+                        self._revocation_insert(
+                            [(handle, existing[handle]) for handle in revoked],
+                            RevocationReason.REVOKED,
+                            now_ms,
+                        ),
+                    ],
+                )
             return revoked
 
         return self._write(work)
@@ -624,17 +650,22 @@ class Storage(abc.ABC):
                 (key,),
             )
             rows = cursor.fetchall()
-            if rows:
-                self._execute(
-                    cursor, "DELETE FROM sessiond_sessions WHERE user_id = ?", (key,)
-                )
             live = [row[0] for row in rows if min(int(row[1]), int(row[2])) > now_ms]
-            self._log_revocations(
-                cursor,
-                [(handle, user_id) for handle in live],
-                RevocationReason.REVOKED,
-                now_ms,
-            )
+            statements: list[tuple[str, Sequence[Any]]] = []
+            if rows:
+                statements.append(
+                    ("DELETE FROM sessiond_sessions WHERE user_id = ?", (key,))
+                )
+            if live:
+                statements.append(
+                    self._revocation_insert(
+                        [(handle, user_id) for handle in live],
+                        RevocationReason.REVOKED,
+                        now_ms,
+                    )
+                )
+            if statements:
+                self._execute_all_and_commit(cursor, statements)
             return live
 
         return self._write(work)
@@ -696,12 +727,43 @@ class Storage(abc.ABC):
             ConflictError: expected_version is set and differs from the stored
                 version; nothing is written.
         """
-        # The new data does not depend on the stored data, so the locking
-        # read leaves the stored data out, because it may be megabytes.
-        written = self._replace_session_data(
-            handle, lambda _old: data, now_ms, expected_version, read_data=False
-        )
-        return None if written is None else written[1]
+        # The new data does not depend on the stored data, so one
+        # conditional UPDATE writes it, without a locking read first, and a
+        # SELECT in the same transaction reads the version it wrote, or the
+        # version that did not match.
+        condition = f"session_handle = ? AND {_LIVE}"
+        live = (handle, now_ms, now_ms)
+        update_params: tuple[Any, ...] = (data.encode("utf-8"), *live)
+        if expected_version is not None:
+            condition += " AND data_version = ?"
+            update_params += (expected_version,)
+
+        def work(cursor: Cursor) -> int | None:
+            updated, found = self._execute_all_and_commit(
+                cursor,
+                [
+                    (
+                        "UPDATE sessiond_sessions SET session_data = ?, "
+                        f"data_version = data_version + 1 WHERE {condition}",
+                        update_params,
+                    ),
+                    (
+                        "SELECT data_version FROM sessiond_sessions "
+                        f"WHERE session_handle = ? AND {_LIVE}",
+                        live,
+                    ),
+                ],
+            )
+            if not found.rows:
+                return None
+            version = int(found.rows[0][0])
+            if updated.rowcount != 1:
+                # Only the version condition can leave a live row unwritten.
+                assert expected_version is not None
+                raise ConflictError(expected_version, version)
+            return version
+
+        return self._write(work)
 
     def rewrite_session_data(
         self,
@@ -721,23 +783,9 @@ class Storage(abc.ABC):
             ConflictError: expected_version is set and differs from the stored
                 version; nothing is written.
         """
-        return self._replace_session_data(
-            handle, rewrite, now_ms, expected_version, read_data=True
-        )
-
-    def _replace_session_data(
-        self,
-        handle: str,
-        rewrite: Callable[[str], str],
-        now_ms: int,
-        expected_version: int | None,
-        *,
-        read_data: bool,
-    ) -> tuple[str, int] | None:
-        """Do the work of rewrite_session_data; without read_data, rewrite gets ""."""
 
         def work(cursor: Cursor) -> tuple[str, int] | None:
-            session = self._lock_session(cursor, handle, now_ms, with_data=read_data)
+            session = self._lock_session(cursor, handle, now_ms, with_data=True)
             if session is None:
                 return None
             if (
@@ -829,10 +877,15 @@ class Storage(abc.ABC):
         Callers run it as the last statement of their transaction, so that on
         MySQL the seq it takes is committed soon after it is allocated.
         """
-        if not sessions:
-            return
-        self._execute(
-            cursor,
+        if sessions:
+            self._execute(cursor, *self._revocation_insert(sessions, reason, now_ms))
+
+    @staticmethod
+    def _revocation_insert(
+        sessions: Sequence[tuple[str, str]], reason: RevocationReason, now_ms: int
+    ) -> tuple[str, list[Any]]:
+        """Return the INSERT, and its values, that logs (handle, user id) pairs."""
+        return (
             "INSERT INTO sessiond_revocations "
             "(session_handle, user_id, reason, revoked_at_ms) VALUES "
             + ", ".join("(?, ?, ?, ?)" for _ in sessions),

@@ -13,7 +13,9 @@ Pool settings, and why:
 Round trips: each statement costs one, and PyMySQL's begin() and commit()
 cost one each. So a write transaction sends BEGIN in the same COM_QUERY as
 its first statement, and COMMIT in the same COM_QUERY as the statement the
-storage code runs through _execute_and_commit. That needs the
+storage code runs through _execute_and_commit (or with the statements run
+through _execute_all_and_commit, which share one COM_QUERY). A data update
+is a whole transaction in one COM_QUERY. That needs the
 CLIENT_MULTI_STATEMENTS flag. Every statement here is a constant string
 whose values travel as PyMySQL parameters, which PyMySQL escapes, so no
 value can add a statement. A create without a per-user session cap is one
@@ -25,10 +27,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import select
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pymysql
@@ -37,7 +40,7 @@ from pymysql.constants import CLIENT
 
 from .. import metrics
 from ..errors import UnavailableError
-from .base import Cursor, Storage
+from .base import Cursor, StatementResult, Storage
 
 logger = logging.getLogger(__name__)
 
@@ -183,7 +186,7 @@ class MysqlStorage(Storage):
             statements: _TransactionCursor | None = None
             try:
                 with self._connection() as connection:
-                    if attempt > 1:
+                    if attempt > 1 or (transaction and _closed_by_server(connection)):
                         _replace_if_dead(connection)
                     cursor = connection.cursor()
                     try:
@@ -250,6 +253,14 @@ class MysqlStorage(Storage):
     ) -> None:
         cursor.execute(
             sql.replace("?", "%s"), tuple(params) if params else None, commit=True
+        )
+
+    def _execute_all_and_commit(
+        self, cursor: Cursor, statements: Sequence[tuple[str, Sequence[Any]]]
+    ) -> list[StatementResult]:
+        return cast(_TransactionCursor, cursor).execute_all(
+            [(sql.replace("?", "%s"), params) for sql, params in statements],
+            commit=True,
         )
 
     def _insert_new_row(self, sql: str, params: Sequence[Any]) -> None:
@@ -326,9 +337,16 @@ class _TransactionCursor:
         self._next_row = 0
 
     def execute(self, sql: str, args: Any, *, commit: bool = False) -> None:
+        self.execute_all([(sql, args or ())], commit=commit)
+
+    def execute_all(
+        self, statements: Sequence[tuple[str, Sequence[Any]]], *, commit: bool = False
+    ) -> list[StatementResult]:
+        """Send statements (``%s`` placeholders) in one COM_QUERY; return each one's result."""
         if self.committing:
             raise RuntimeError("a statement came after the COMMIT of its transaction")
-        parts = [sql]
+        parts = [sql for sql, _args in statements]
+        args = [value for _sql, values in statements for value in values]
         with_begin = not self.begun
         if with_begin:
             parts.insert(0, "BEGIN")
@@ -337,18 +355,26 @@ class _TransactionCursor:
             self.committing = True
         self.begun = True
         with self._cursor.no_failover():
-            self._cursor.execute("; ".join(parts), args)
+            self._cursor.execute("; ".join(parts), tuple(args) if args else None)
         # The server runs the statements in order and stops at the first
         # error, which PyMySQL raises when it reads that statement's result.
         if with_begin:
             self._cursor.nextset()
-        self._rows = self._cursor.fetchall()
+        results = []
+        for index in range(len(statements)):
+            if index:
+                self._cursor.nextset()
+            results.append(
+                StatementResult(self._cursor.rowcount, tuple(self._cursor.fetchall()))
+            )
+        self._rows = results[-1].rows
         self._next_row = 0
-        self.rowcount = self._cursor.rowcount
+        self.rowcount = results[-1].rowcount
         self.lastrowid = self._cursor.lastrowid
         if commit:
             self._cursor.nextset()
             self.committed = True
+        return results
 
     def fetchone(self) -> Any:
         if self._next_row >= len(self._rows):
@@ -371,6 +397,28 @@ def _is_duplicate_primary_key(exc: pymysql.err.IntegrityError) -> bool:
 def _describe(exc: BaseException) -> str:
     message = exc.args[-1] if exc.args else ""
     return f"MySQL error {_error_number(exc)}: {message or type(exc).__name__}"
+
+
+def _closed_by_server(connection: Any) -> bool:
+    """Return whether the server has closed a pooled connection, without a round trip.
+
+    A write transaction may send COMMIT in its first COM_QUERY, and a
+    connection lost during that query leaves the outcome unknown, so it
+    cannot be retried. A connection the server closed while it sat in the
+    pool (wait_timeout, KILL, a restart) has the server's FIN or RST
+    waiting, which makes its socket readable. A healthy idle connection
+    has nothing to read. So this checks with a select() of zero timeout.
+    """
+    # PooledDB's wrapper wraps a SteadyDB connection, which wraps PyMySQL's.
+    steady = getattr(connection, "_con", None)
+    sock = getattr(getattr(steady, "_con", None), "_sock", None)
+    if sock is None:
+        return steady is not None
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
 
 
 def _replace_if_dead(connection: Any) -> None:
