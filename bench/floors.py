@@ -1,26 +1,32 @@
 """The floors: an empty gRPC call and the bare SQL statements each operation needs.
 
-The gRPC floor server runs in the bench process with the daemon's thread
-pool size and channel options. The SQL floors go through a DBUtils PooledDB
-built with the daemon's pool settings (see storage/mysql.py) and run the
-daemon's statements on a table made by the daemon's own migration.
+The gRPC floor server runs in a child process (floor_server.py), as the
+daemon runs in its own, with grpc_workers threads and the daemon's server
+options. The SQL floors go through a DBUtils PooledDB built with the
+daemon's pool settings and connect arguments (see storage/mysql.py) and run
+the daemon's statements on a table made by the daemon's own migration.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import secrets
+import select
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent import futures
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pymysql
 from dbutils.pooled_db import PooledDB
+from floor_server import FLOOR_METHOD
 from harness import Exhausted, Operation
 
 from sessiond_server.config import Config
@@ -28,8 +34,11 @@ from sessiond_server.daemon import max_message_bytes
 from sessiond_server.storage import open_storage
 from sessiond_server.storage.mysql import connect_arguments
 
-FLOOR_METHOD = "/sessiond.bench.Floor/Empty"
 DAY_MS = 24 * 3600 * 1000
+# Starting Python and importing grpc took 0.14 s on the 2-core development
+# machine, so the limit leaves room for a heavily loaded machine.
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 10.0
 
 
 def daemon_server_options(config: Config) -> list[tuple[str, Any]]:
@@ -44,36 +53,78 @@ def daemon_server_options(config: Config) -> list[tuple[str, Any]]:
 
 @contextlib.contextmanager
 def floor_grpc_server(config: Config) -> Iterator[str]:
-    """Serve one empty unary method on a free loopback port; yield its address."""
-    server = grpc.server(
-        futures.ThreadPoolExecutor(
-            max_workers=config.grpc_workers, thread_name_prefix="floor"
-        ),
-        options=daemon_server_options(config),
-    )
+    """Start floor_server.py in a child process and yield its loopback address.
 
-    def empty(request: bytes, context: grpc.ServicerContext) -> bytes:
-        return b""
-
-    service, method = FLOOR_METHOD.strip("/").split("/")
-    server.add_generic_rpc_handlers(
-        (
-            grpc.method_handlers_generic_handler(
-                service, {method: grpc.unary_unary_rpc_method_handler(empty)}
-            ),
-        )
+    The child has config.grpc_workers threads and the daemon's server
+    options. On exit it closes the child's stdin, sends SIGTERM to the
+    child's PID, and sends SIGKILL if the child has not exited within
+    STOP_TIMEOUT_S.
+    """
+    command = [
+        sys.executable,
+        str(Path(__file__).with_name("floor_server.py")),
+        "--workers",
+        str(config.grpc_workers),
+        "--options",
+        json.dumps(daemon_server_options(config)),
+    ]
+    # stderr goes to the bench's stderr, so the child's errors show in the log.
+    child = subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
     try:
+        port = _read_port(child)
         yield f"127.0.0.1:{port}"
     finally:
-        server.stop(1).wait()
+        _end_child(child)
+
+
+def _read_port(child: subprocess.Popen[str]) -> int:
+    """Return the port number the floor server prints as its first line."""
+    assert child.stdout is not None
+    ready, _, _ = select.select([child.stdout], [], [], START_TIMEOUT_S)
+    if not ready:
+        raise RuntimeError(
+            f"the floor server (PID {child.pid}) printed no port within "
+            f"{START_TIMEOUT_S:g} s"
+        )
+    line = child.stdout.readline().strip()
+    if line.isdigit():
+        return int(line)
+    if line:
+        raise RuntimeError(
+            f"the floor server (PID {child.pid}) printed {line!r} instead of a port number"
+        )
+    # End of file: the child has exited or is about to.
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        child.wait(timeout=STOP_TIMEOUT_S)
+    raise RuntimeError(
+        f"the floor server (PID {child.pid}) exited without printing a port "
+        f"(exit code {child.poll()}); its error output is above"
+    )
+
+
+def _end_child(child: subprocess.Popen[str]) -> None:
+    if child.stdin is not None:
+        with contextlib.suppress(OSError):
+            child.stdin.close()
+    if child.poll() is None:
+        child.terminate()
+    try:
+        child.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+    if child.stdout is not None:
+        child.stdout.close()
 
 
 def empty_call(channel: grpc.Channel) -> Operation:
     """Return a call of the floor method with an empty request, under the SDK's 10 s deadline."""
-    stub = channel.unary_unary(FLOOR_METHOD)
+    # No serializers: the request and the response are raw bytes.
+    stub = channel.unary_unary(
+        FLOOR_METHOD, request_serializer=None, response_deserializer=None
+    )
 
     def call() -> object:
         return stub(b"", timeout=10.0)
@@ -109,7 +160,7 @@ class SqlFloor:
             ping=0,
             **connect_arguments(url, config.db_timeout_s),
         )
-        self._columns: list[Column] = self._run(read_columns, transaction=False)
+        self._columns: list[Column] = self._run(read_columns)
         names = ", ".join(column.name for column in self._columns)
         marks = ", ".join("%s" for _ in self._columns)
         self._insert = f"INSERT INTO sessiond_sessions ({names}) VALUES ({marks})"
@@ -121,7 +172,13 @@ class SqlFloor:
     def close(self) -> None:
         self._pool.close()
 
-    def _run(self, statements: Callable[[Any], Any], *, transaction: bool) -> Any:
+    def _run(self, statements: Callable[[Any], Any]) -> Any:
+        """Run statements on a pooled connection in autocommit mode.
+
+        Statements that open a transaction send BEGIN and COMMIT themselves,
+        as the daemon does. When they raise, a ROLLBACK ends any transaction
+        still open, so the connection goes back to the pool clean.
+        """
         if not self._slots.acquire(timeout=self._timeout_s):
             raise RuntimeError("no pooled connection became free within the timeout")
         try:
@@ -129,12 +186,11 @@ class SqlFloor:
             try:
                 cursor = connection.cursor()
                 try:
-                    if transaction:
-                        connection.begin()
-                    result = statements(cursor)
-                    if transaction:
-                        connection.commit()
-                    return result
+                    return statements(cursor)
+                except BaseException:
+                    with contextlib.suppress(pymysql.err.MySQLError):
+                        connection.rollback()
+                    raise
                 finally:
                     cursor.close()
             finally:
@@ -153,10 +209,12 @@ class SqlFloor:
         rows = [self._row(handle) for handle in handles]
 
         def insert(cursor: Any) -> None:
+            cursor.execute("BEGIN")
             for start in range(0, len(rows), 1000):
                 cursor.executemany(self._insert, rows[start : start + 1000])
+            cursor.execute("COMMIT")
 
-        self._run(insert, transaction=True)
+        self._run(insert)
         return handles
 
     # Each method below is one worker's setup for harness.measure. Every
@@ -165,9 +223,7 @@ class SqlFloor:
     def insert(self, index: int) -> Operation:
         def call() -> None:
             row = self._row(str(uuid.uuid4()))
-            self._run(
-                lambda cursor: cursor.execute(self._insert, row), transaction=False
-            )
+            self._run(lambda cursor: cursor.execute(self._insert, row))
 
         return call
 
@@ -181,7 +237,7 @@ class SqlFloor:
                 raise RuntimeError(f"floor row {handle} not found")
             return row
 
-        return lambda: self._run(statements, transaction=False)
+        return lambda: self._run(statements)
 
     def update_by_key(self, index: int) -> Operation:
         handle = self.insert_rows(1)[0]
@@ -190,23 +246,40 @@ class SqlFloor:
         def statements(cursor: Any) -> None:
             cursor.execute(_UPDATE_DATA, (data, handle))
 
-        return lambda: self._run(statements, transaction=False)
+        return lambda: self._run(statements)
 
     def locked_update(self, index: int) -> Operation:
-        """SELECT ... FOR UPDATE, then one UPDATE, in a transaction: what a rotation needs."""
+        """SELECT ... FOR UPDATE, then one UPDATE, in a transaction: what a rotation needs.
+
+        Two round trips, as in the daemon's _TransactionCursor: BEGIN goes in
+        the COM_QUERY of the SELECT and COMMIT in that of the UPDATE, which
+        the connect arguments' CLIENT.MULTI_STATEMENTS flag allows.
+        """
         handle = self.insert_rows(1)[0]
+        lock = "BEGIN; " + self._select + " FOR UPDATE"
+        update = _UPDATE_ROTATION + "; COMMIT"
 
         def statements(cursor: Any) -> None:
             now = int(time.time() * 1000)
-            cursor.execute(self._select + " FOR UPDATE", (handle, now))
-            if cursor.fetchone() is None:
-                raise RuntimeError(f"floor row {handle} not found")
-            cursor.execute(
-                _UPDATE_ROTATION,
-                (secrets.token_bytes(32), now, now + 100 * DAY_MS, handle),
-            )
+            # DBUtils must not run these again on a new connection after a
+            # lost connection, where they would run outside the transaction.
+            with cursor.no_failover():
+                cursor.execute(lock, (handle, now))
+                # execute reads only BEGIN's result, and nextset reads the
+                # SELECT's. The server stops at the first failing statement,
+                # and PyMySQL raises that error when it reads its result.
+                cursor.nextset()
+                if cursor.fetchone() is None:
+                    raise RuntimeError(f"floor row {handle} not found")
+                cursor.execute(
+                    update,
+                    (secrets.token_bytes(32), now, now + 100 * DAY_MS, handle),
+                )
+                # Read COMMIT's result, so the next query finds the
+                # connection in sync and a failed COMMIT raises here.
+                cursor.nextset()
 
-        return lambda: self._run(statements, transaction=True)
+        return lambda: self._run(statements)
 
     def delete_by_key(self, handles: list[str]) -> Callable[[int], Operation]:
         """Return a setup whose calls delete the given rows, one each, until none is left."""
@@ -218,10 +291,7 @@ class SqlFloor:
                     if not handles:
                         raise Exhausted
                     handle = handles.pop()
-                self._run(
-                    lambda cursor: cursor.execute(_DELETE, (handle,)),
-                    transaction=False,
-                )
+                self._run(lambda cursor: cursor.execute(_DELETE, (handle,)))
 
             return call
 

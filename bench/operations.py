@@ -11,7 +11,7 @@ from harness import Exhausted, Operation, WorkerSetup
 import sessiond
 
 USER_PAYLOAD = {"role": "reader"}
-SESSION_DATA = {"cart": []}
+SESSION_DATA: dict[str, list[str]] = {"cart": []}
 
 
 @dataclass(frozen=True)

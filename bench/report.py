@@ -19,7 +19,7 @@ from memory import RssSample
 from operations import OPERATIONS, SQL_FLOORS, OperationSpec
 from replicas import ReplicaRun
 
-GRPC_FLOOR = "empty gRPC call (server in bench process)"
+GRPC_FLOOR = "empty gRPC call (server in its own process)"
 HEALTH_FLOOR = "gRPC health check (daemon process)"
 BACKENDS = ("SQLite", "MariaDB")
 PAGE_NAME = "benchmarks.md"
@@ -318,13 +318,13 @@ def render(results: Results, plot_written: bool) -> str:
         "does not lower the floor. A floor that is too high only makes the ratios "
         "larger.",
         "- The gRPC floor is one empty unary call (bytes in, bytes out, no protobuf) "
-        "to a server in the bench process built with the daemon's thread pool size "
-        "and channel options, without the daemon's metrics interceptor. The health "
+        "to a Python server in a process of its own (bench/floor_server.py), as the "
+        "daemon runs in its own, so the server's threads do not compete with the "
+        "bench's client threads for one GIL. That server has a thread pool of "
+        f"grpc_workers ({getattr(config, 'grpc_workers', '?')}) threads and the "
+        "daemon's server options, but none of the daemon's interceptors. The health "
         "check row is a near-empty call served by the SQLite daemon process itself, "
-        "metrics interceptor included: a cross-check on the floor that does not share "
-        "the bench process's GIL. With many threads the in-process floor server "
-        "competes with the client threads for that GIL, so at concurrency 16 the "
-        "gRPC floor can be lower than the daemon's own calls and its ratio below 1.",
+        "metrics interceptor included, as a cross-check on the floor.",
         "- The SQL floors run statements shaped like the daemon's (every column of "
         "the daemon's table for INSERT and SELECT, one UPDATE or DELETE by primary "
         "key for each write) with PyMySQL through a "
@@ -332,7 +332,11 @@ def render(results: Results, plot_written: bool) -> str:
         "maxcached db_pool_size, blocking=False, reset=False, ping=0, the same "
         "connect arguments and a semaphore around checkout), on a second database "
         "of the same server with the daemon's schema. Single statements run in "
-        "autocommit mode, one round trip each. Each thread works on its own rows.",
+        "autocommit mode, one round trip each. The transaction floor takes two round "
+        "trips, as the daemon's write transactions do: it sends `BEGIN; SELECT ... "
+        "FOR UPDATE` as one query and `UPDATE ...; COMMIT` as another, which the "
+        "connect arguments' CLIENT_MULTI_STATEMENTS flag allows. Each thread works "
+        "on its own rows.",
         "- refresh is a chain: each call uses the refresh token the previous call "
         "returned and never verifies it, so every refresh presents a child of the "
         "stored token and the daemon promotes it inside the refresh. refresh + verify "

@@ -136,7 +136,7 @@ class Suite:
     # -- floors ---------------------------------------------------------------
 
     def measure_grpc_floors(self, daemon_address: str) -> None:
-        """Time an empty call to a server in this process, and a health check on the daemon."""
+        """Time an empty call to a floor server in a child process, and a health check on the daemon."""
         with floor_grpc_server(self._config) as floor_address:
             for concurrency in self._concurrencies:
                 with self._channels(floor_address, concurrency) as channel_for:

@@ -29,7 +29,7 @@ OPERATIONS = (
     "merge data",
 )
 FLOORS = (
-    "empty gRPC call (server in bench process)",
+    "empty gRPC call (server in its own process)",
     "gRPC health check (daemon process)",
     "INSERT",
     "SELECT by primary key",
