@@ -73,12 +73,12 @@ class AsyncSessionClient(ClientBase):
     methods are coroutines too. Create it in a coroutine of the event loop
     that uses it (elsewhere it raises GeneralError), and close it with
     ``await client.close()`` or ``async with``. Concurrent calls from many
-    tasks share its one channel.
+    tasks share its channels (one unless ``connections`` says more).
     """
 
     _local_blocking = False
 
-    _channel: grpc.aio.Channel
+    _channels: list[grpc.aio.Channel]
 
     def _open_channel(
         self,
@@ -108,7 +108,8 @@ class AsyncSessionClient(ClientBase):
         if not self._closed:
             self._closed = True
             self._close_local()
-            await self._channel.close(None)
+            for channel in self._channels:
+                await channel.close(None)
 
     async def _invoke(self, call: calls.Call[T]) -> T:
         """Send call within the deadline, retrying as the policy allows; return the parsed response."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -34,6 +35,8 @@ API_KEY_METADATA = "x-api-key"
 KEEPALIVE_TIME_MS = 300_000
 KEEPALIVE_TIMEOUT_MS = 20_000
 MAX_PINGS_WITHOUT_DATA = 2
+# A bound that only catches typos.
+MAX_CONNECTIONS = 64
 
 
 def channel_options_with_defaults(
@@ -101,7 +104,13 @@ class ClientBase:
         retry_backoff_max_s: float = DEFAULT_RETRY_BACKOFF_MAX_S,
         local_verification: bool = False,
         local_cache_size: int = DEFAULT_CACHE_SIZE,
+        connections: int = 1,
     ) -> None:
+        if not 1 <= connections <= MAX_CONNECTIONS:
+            raise InvalidArgumentError(
+                f"invalid connections: {connections}; pass 1 to {MAX_CONNECTIONS}",
+                field="connections",
+            )
         if local_cache_size < 0:
             raise InvalidArgumentError(
                 f"invalid local_cache_size: {local_cache_size}; pass 0 or more "
@@ -115,10 +124,23 @@ class ClientBase:
             backoff_max_s=retry_backoff_max_s,
         )
         self._metadata = ((API_KEY_METADATA, api_key),) if api_key else ()
-        self._channel = self._open_channel(
-            target, credentials, channel_options_with_defaults(options, self._policy)
-        )
-        self._stub = session_pb2_grpc.SessionServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        channel_options = channel_options_with_defaults(options, self._policy)
+        if connections > 1 and all(
+            name != "grpc.use_local_subchannel_pool" for name, _ in options
+        ):
+            # Channels to one target share one TCP connection through gRPC's
+            # global subchannel pool, unless each has a pool of its own.
+            channel_options.append(("grpc.use_local_subchannel_pool", 1))
+        self._channels = [
+            self._open_channel(target, credentials, channel_options)
+            for _ in range(connections)
+        ]
+        self._stubs = [
+            session_pb2_grpc.SessionServiceStub(channel)  # type: ignore[no-untyped-call]
+            for channel in self._channels
+        ]
+        # Calls take the connections in turn.
+        self._turns = itertools.count()
         self._local: LocalVerifier | None = None
         if local_verification:
             self._local = LocalVerifier(
@@ -187,5 +209,7 @@ class ClientBase:
             raise GeneralError(
                 f"the client is closed; create a new {type(self).__name__}"
             )
-        method: Callable[..., Any] = getattr(self._stub, call.rpc)
+        stubs = self._stubs
+        stub = stubs[next(self._turns) % len(stubs)] if len(stubs) > 1 else stubs[0]
+        method: Callable[..., Any] = getattr(stub, call.rpc)
         return method

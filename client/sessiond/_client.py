@@ -47,9 +47,17 @@ class SessionClient(ClientBase):
             is a random time between half of its longest wait and all of
             it, and the longest wait doubles per retry.
         retry_backoff_max_s: the most the longest wait grows to.
+        local_verification: verify access tokens in process while the
+            daemon's revocation stream is current (see the README).
+        local_cache_size: verified tokens the local verifier keeps; 0
+            keeps none.
+        connections: TCP connections to open, from 1 to 64; calls take
+            them in turn. A daemon with several worker processes serves
+            each connection from one worker, so a client spreads its load
+            over them only with more connections than workers.
     """
 
-    _channel: grpc.Channel
+    _channels: list[grpc.Channel]
 
     def _open_channel(
         self,
@@ -70,7 +78,8 @@ class SessionClient(ClientBase):
             if not self._closed:
                 self._closed = True
                 self._close_local()
-                self._channel.close()
+                for channel in self._channels:
+                    channel.close()
 
     def _invoke(self, call: calls.Call[T]) -> T:
         """Send call within the deadline, retrying as the policy allows; return the parsed response."""
