@@ -6,6 +6,7 @@ import os
 import queue
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -185,3 +186,74 @@ class DaemonProcess:
             self._reader.join(5)
         if self.process is not None and self.process.stdout is not None:
             self.process.stdout.close()
+
+
+def free_port_range(count: int) -> int:
+    """Return the first of count consecutive TCP ports on 127.0.0.1 that were free a moment ago.
+
+    NOTE: another process may take a port before the daemon binds it. The
+    start then fails with "cannot bind" and is not retried.
+    """
+    for _ in range(100):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            first: int = probe.getsockname()[1]
+        if first + count - 1 > 65535:
+            continue
+        probes = [socket.socket() for _ in range(count)]
+        try:
+            for offset, sock in enumerate(probes):
+                sock.bind(("127.0.0.1", first + offset))
+        except OSError:
+            continue
+        finally:
+            for sock in probes:
+                sock.close()
+        return first
+    raise RuntimeError(f"found no {count} consecutive free ports on 127.0.0.1")
+
+
+def child_pids(pid: int) -> list[int]:
+    """Return the PIDs of the running children of pid, from the parent PIDs in /proc/*/stat."""
+    children: list[int] = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # the process exited during the scan
+            continue
+        # The command name in brackets may contain spaces and brackets, so
+        # the fields are counted from the last closing bracket.
+        state, parent = text.rsplit(")", 1)[1].split()[:2]
+        if int(parent) == pid and state != "Z":
+            children.append(int(text.split(" ", 1)[0]))
+    return sorted(children)
+
+
+def process_running(pid: int) -> bool:
+    """Return whether pid exists and is not a zombie."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return text.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+class WorkersDaemonProcess(DaemonProcess):
+    """A ``sessiond serve`` supervisor with workers > 1, and its worker processes.
+
+    Pass a fixed ``listen`` port, because workers > 1 rejects port 0.
+    """
+
+    workers_in_line = 0
+
+    def start(self) -> WorkersDaemonProcess:
+        super().start()
+        # The supervisor prints "sessiond listening on ADDRESS (N workers)".
+        address, count = self.address.split(" (", 1)
+        self.address = address
+        self.workers_in_line = int(count.split(" ", 1)[0])
+        return self
+
+    def worker_pids(self) -> list[int]:
+        assert self.process is not None
+        return child_pids(self.process.pid)

@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import select
 import signal
 import sys
 import threading
 from dataclasses import fields, replace
 from typing import Any
 
-from . import __version__, clock
+from . import __version__, clock, workers
 from .config import Config, ConfigError, load_config
 from .daemon import Daemon, open_and_migrate
 from .errors import SessiondError
@@ -68,33 +70,48 @@ def build_parser() -> argparse.ArgumentParser:
                 metavar="VALUE",
                 help=f"overrides the {setting.name} setting",
             )
+    # Set by the supervisor on the worker processes it starts (workers > 1).
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     return parser
 
 
 class JsonFormatter(logging.Formatter):
     """Format each record as one JSON object per line."""
 
+    def __init__(self, worker_index: int | None = None) -> None:
+        super().__init__()
+        self.worker_index = worker_index
+
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
+        entry: dict[str, Any] = {
             "time": self.formatTime(record),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
         }
+        if self.worker_index is not None:
+            entry["worker"] = self.worker_index
+        entry["message"] = record.getMessage()
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
 
 
-def configure_logging(level: str, log_format: str = "text") -> None:
-    """Send every log record to stderr, one line each, where journald collects it."""
+def configure_logging(
+    level: str, log_format: str = "text", worker_index: int | None = None
+) -> None:
+    """Send every log record to stderr, one line each, where journald collects it.
+
+    A worker process (worker_index set) tags each line with its index, because
+    all workers write to the supervisor's stderr.
+    """
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
-        handler.setFormatter(JsonFormatter())
+        handler.setFormatter(JsonFormatter(worker_index))
     else:
+        worker = "" if worker_index is None else f"worker={worker_index} "
         handler.setFormatter(
             logging.Formatter(
-                "%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
+                f"%(asctime)s level=%(levelname)s logger=%(name)s {worker}%(message)s"
             )
         )
     root = logging.getLogger()
@@ -102,7 +119,12 @@ def configure_logging(level: str, log_format: str = "text") -> None:
     root.setLevel(level)
 
 
-def _serve(config: Config) -> int:
+def _serve(config: Config, argv: list[str], worker_index: int | None) -> int:
+    """Serve until SIGTERM or SIGINT, or supervise worker processes when workers > 1.
+
+    argv is the command line after the program name, which the supervisor
+    passes on to its workers. worker_index is set in a worker process.
+    """
     logger.info("starting version=%s config=%s", __version__, config.redacted())
     stopping = threading.Event()
 
@@ -115,15 +137,37 @@ def _serve(config: Config) -> int:
     # that arrives while Python is still importing ends the process at once.
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    daemon = Daemon.start(config)
+    if config.workers > 1 and worker_index is None:
+        return workers.supervise(config, argv, stopping)
+    supervisor_pid = os.getppid()
+    daemon = Daemon.start(config, worker_index or 0)
     print(f"sessiond listening on {daemon.address}", flush=True)
+    exit_code = 0
     # Short waits, because the kernel may deliver SIGTERM to one of gRPC's
     # threads. Python then runs the handler only once the main thread wakes,
     # and a long wait would leave the signal pending until it ended.
     while not stopping.wait(0.5):
-        pass
+        if worker_index is not None and _supervisor_exited():
+            logger.error(
+                "supervisor exited, stopping worker index=%d supervisor_pid=%d",
+                worker_index,
+                supervisor_pid,
+            )
+            exit_code = 1
+            break
     daemon.stop()
-    return 0
+    return exit_code
+
+
+def _supervisor_exited() -> bool:
+    """Return whether a worker's stdin is at end of file.
+
+    The supervisor has the only write end of that pipe and never writes,
+    so end of file means it exited, even by SIGKILL, and the worker must not
+    go on serving unsupervised.
+    """
+    readable, _, _ = select.select([sys.stdin], [], [], 0)
+    return bool(readable)
 
 
 def _migrate(config: Config) -> int:
@@ -168,6 +212,8 @@ def _keys(config: Config, action: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
     args = build_parser().parse_args(argv)
     overrides = {
         setting.name: getattr(args, setting.name) for setting in fields(Config)
@@ -177,7 +223,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"sessiond: invalid configuration: {exc}", file=sys.stderr)
         return 2
-    configure_logging(config.log_level, config.log_format)
+    worker_index: int | None = getattr(args, "worker_index", None)
+    if worker_index is not None and not 0 <= worker_index < config.workers:
+        print(
+            f"sessiond: invalid --worker-index {worker_index}: the supervisor sets it "
+            f"from 0 to workers - 1 ({config.workers - 1}); do not pass it yourself",
+            file=sys.stderr,
+        )
+        return 2
+    configure_logging(config.log_level, config.log_format, worker_index)
     try:
         if args.command == "migrate":
             return _migrate(config)
@@ -185,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             return _check_config(config)
         if args.command == "keys":
             return _keys(config, args.action)
-        return _serve(config)
+        return _serve(config, argv, worker_index)
     except (StartError, SessiondError, UnsealError) as exc:
         print(f"sessiond: cannot start: {exc}", file=sys.stderr)
         return 1

@@ -34,6 +34,7 @@ MAX_SESSION_DATA_LIMIT_BYTES = 64 * 1024 * 1024
 # A bound that only catches typos. With the limit on, each new session locks
 # and counts all live sessions of its user, whatever the value.
 MAX_SESSIONS_PER_USER_LIMIT = 1_000_000
+MAX_WORKERS = 64
 
 
 class ConfigError(ValueError):
@@ -80,6 +81,7 @@ class Config:
     metrics_listen: str = ""
     jwks_listen: str = ""
     log_format: str = "text"
+    workers: int = 1
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -152,7 +154,29 @@ class Config:
             raise ConfigError("issuer: must not be empty")
         _check_listen(self.listen)
         _check_database_url(self.database_url)
+        self._check_workers()
         self._check_transport()
+
+    def _check_workers(self) -> None:
+        _check_range("workers", self.workers, 1, MAX_WORKERS)
+        if self.workers == 1:
+            return
+        # Worker processes share one port through SO_REUSEPORT, which needs
+        # a TCP socket and the same fixed port in every worker.
+        if self.listen.startswith("unix:") or _listen_port(self.listen) == 0:
+            raise ConfigError(
+                f"workers: {self.workers} worker processes need a TCP listen address "
+                f"with a fixed port, not {self.listen!r}; set listen to HOST:PORT "
+                "such as 127.0.0.1:50051, or set workers = 1"
+            )
+        if self.metrics_listen:
+            last_port = _listen_port(self.metrics_listen) + self.workers - 1
+            if _listen_port(self.metrics_listen) != 0 and last_port > 65535:
+                raise ConfigError(
+                    f"metrics_listen: worker i serves metrics on the port plus i, and "
+                    f"with workers = {self.workers} the last port would be {last_port}; "
+                    "choose a lower port"
+                )
 
     def _check_transport(self) -> None:
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
@@ -281,6 +305,11 @@ def _check_listen(listen: str, name: str = "listen", *, unix: bool = True) -> No
         raise ConfigError(
             f"{name}: {listen!r} is not {expected}; for example 127.0.0.1:50051"
         )
+
+
+def _listen_port(listen: str) -> int:
+    """Return the port of a HOST:PORT address that _check_listen accepted."""
+    return int(listen.rsplit(":", 1)[1])
 
 
 def _check_database_url(url: str) -> None:

@@ -62,17 +62,26 @@ def _interceptors(config: Config) -> list[grpc.ServerInterceptor[Any, Any]]:
     return interceptors
 
 
-def _start_http_servers(config: Config, keys: KeyManager) -> list[Any]:
-    """Start the optional metrics and JWKS HTTP listeners; return the servers started."""
+def _start_http_servers(
+    config: Config, keys: KeyManager, worker_index: int
+) -> list[Any]:
+    """Start the optional metrics and JWKS HTTP listeners; return the servers started.
+
+    Worker i serves metrics on the configured port plus i (port 0 stays 0,
+    a free port for each), and only worker 0 serves the JWK Set.
+    """
     listeners = [
         ("metrics", config.metrics_listen),
-        ("jwks", config.jwks_listen),
+        ("jwks", config.jwks_listen if worker_index == 0 else ""),
     ]
     servers: list[Any] = []
     for name, listen in listeners:
         if not listen:
             continue
         host, port = listen.rsplit(":", 1)
+        if name == "metrics" and int(port) != 0:
+            port = str(int(port) + worker_index)
+            listen = f"{host}:{port}"
         server: Any
         try:
             if name == "metrics":
@@ -126,18 +135,20 @@ class Daemon:
     feed: RevocationFeed
     _serving: bool = False
     _http_servers: list[Any] = field(default_factory=list)
+    # The index of this worker process when config.workers > 1, else 0.
+    worker_index: int = 0
 
     @classmethod
-    def start(cls, config: Config) -> Daemon:
+    def start(cls, config: Config, worker_index: int = 0) -> Daemon:
         storage = open_and_migrate(config)
         try:
-            return cls._start(config, storage)
+            return cls._start(config, storage, worker_index)
         except BaseException:
             storage.close()
             raise
 
     @classmethod
-    def _start(cls, config: Config, storage: Storage) -> Daemon:
+    def _start(cls, config: Config, storage: Storage, worker_index: int) -> Daemon:
         sealer = Sealer(config.key_encryption_key_bytes())
         if not sealer.enabled:
             logger.warning(
@@ -182,7 +193,9 @@ class Daemon:
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
-                ("grpc.so_reuseport", 0),
+                # Off for a single process, so a port that another process
+                # has bound fails the start. Worker processes share the port.
+                ("grpc.so_reuseport", 1 if config.workers > 1 else 0),
             ],
             interceptors=_interceptors(config),
         )
@@ -200,7 +213,7 @@ class Daemon:
             server,
         )
         feed.start()
-        http_servers = _start_http_servers(config, keys)
+        http_servers = _start_http_servers(config, keys, worker_index)
         try:
             address = transport.bind(server, config)
         except StartError:
@@ -219,6 +232,7 @@ class Daemon:
             address,
             threading.Event(),
             feed,
+            worker_index=worker_index,
         )
         daemon._http_servers = http_servers
         metrics.track_pool(storage.pool_stats)
@@ -231,9 +245,13 @@ class Daemon:
     def _start_jobs(self) -> None:
         jobs = [
             ("key-reload", KEY_RELOAD_INTERVAL_S, self._reload_keys),
-            ("cleanup", float(self.config.cleanup_interval_s), self._cleanup),
             ("health", HEALTH_CHECK_INTERVAL_S, self._check_health),
         ]
+        # One cleanup job per daemon is enough, so other workers skip it.
+        if self.worker_index == 0:
+            jobs.append(
+                ("cleanup", float(self.config.cleanup_interval_s), self._cleanup)
+            )
         watchdog_s = systemd.watchdog_interval_s()
         if watchdog_s is not None:
             jobs.append(("watchdog", watchdog_s, self._ping_watchdog))

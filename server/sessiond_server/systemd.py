@@ -9,8 +9,14 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Mapping
 
 logger = logging.getLogger(__name__)
+
+# The variables through which systemd lets a process notify it. A child
+# process without them cannot send READY=1 or watchdog pings in its
+# parent's name.
+NOTIFY_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 
 def notify(state: str) -> bool:
@@ -42,3 +48,10 @@ def watchdog_interval_s() -> float | None:
     except ValueError:
         logger.warning("WATCHDOG_USEC is not an integer value=%s", raw)
         return None
+
+
+def environment_without_notify(environ: Mapping[str, str]) -> dict[str, str]:
+    """Return a copy of environ without NOTIFY_VARIABLES, for child processes."""
+    return {
+        name: value for name, value in environ.items() if name not in NOTIFY_VARIABLES
+    }

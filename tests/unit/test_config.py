@@ -210,6 +210,19 @@ BAD_FILE_VALUES = [
         "api_keys_file",
         id="api-keys-file-missing",
     ),
+    pytest.param("workers = 0", "workers", id="workers-zero"),
+    pytest.param("workers = 65", "workers", id="workers-above-max"),
+    pytest.param(
+        'workers = 2\nlisten = "unix:/run/sessiond.sock"', "workers", id="workers-unix"
+    ),
+    pytest.param(
+        'workers = 2\nlisten = "127.0.0.1:0"', "workers", id="workers-port-zero"
+    ),
+    pytest.param(
+        'workers = 2\nmetrics_listen = "127.0.0.1:65535"',
+        "metrics_listen",
+        id="workers-metrics-port-past-max",
+    ),
 ]
 
 
@@ -395,3 +408,29 @@ def test_wrong_type_secret_hidden() -> None:
         Config(database_url=["mysql://u:hunter2@h/db"])  # type: ignore[arg-type]
     assert "database_url" in str(caught.value)
     assert "hunter2" not in str(caught.value)
+
+
+def test_workers_bounds_accepted() -> None:
+    config = load_config(
+        environ={},
+        overrides={"workers": 64, "metrics_listen": "127.0.0.1:65472"},
+    )
+
+    assert config.workers == 64
+    assert Config().workers == 1
+
+
+def test_workers_error_names_fix() -> None:
+    with pytest.raises(ConfigError) as raised:
+        Config(workers=2, listen="127.0.0.1:0")
+
+    message = str(raised.value)
+    assert message.startswith("workers: ")
+    assert "fixed port" in message
+    assert "workers = 1" in message
+
+
+def test_workers_allow_metrics_port_zero() -> None:
+    config = Config(workers=4, metrics_listen="127.0.0.1:0")
+
+    assert config.metrics_listen == "127.0.0.1:0"
