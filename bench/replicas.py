@@ -1,11 +1,14 @@
-"""Throughput through one daemon against several replicas on the same database.
+"""Throughput through one daemon process against calls spread over several processes.
 
-The SDK reaches the replicas through one gRPC target that lists every
+Two setups spread the calls. Replicas: several daemons on the same
+database, which the SDK reaches through one gRPC target that lists every
 address (``ipv4:127.0.0.1:P1,127.0.0.1:P2,...``) with the round_robin load
 balancing policy, which sends each call to the next replica. Without that
 option gRPC uses pick_first and sends every call to the first address that
-connects. The CPU time that each replica's process used during a
-measurement shows how the calls were spread.
+connects. Workers: one daemon with worker processes on one port, which the
+SDK reaches through several connections (its connections setting), because
+the kernel gives each connection to one worker. The CPU time that each
+process used during a measurement shows how the calls were spread.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from harness import Measurement, WorkerSetup
 from operations import ClientFor
 
 REPLICA_OPERATIONS = ("create", "verify (remote)", "get data")
+WORKER_OPERATIONS = ("create", "verify (remote)", "get data", "update data")
 ROUND_ROBIN_OPTIONS: list[tuple[str, Any]] = [("grpc.lb_policy_name", "round_robin")]
 ONE_DAEMON = "one daemon"
 ALL_REPLICAS = "all replicas"
@@ -27,10 +31,19 @@ ALL_REPLICAS = "all replicas"
 
 @dataclass
 class ReplicaRun:
+    """One daemon process against the same calls spread over several processes.
+
+    replicas is the number of processes the calls were spread over:
+    replica daemons or worker processes.
+    """
+
     replicas: int
     concurrency: int
     rounds: int
     target: str
+    operations: tuple[str, ...] = REPLICA_OPERATIONS
+    # The SDK connections setting of the spread setup's client.
+    connections: int = 1
     # The faster round of each operation, keyed by (ONE_DAEMON or
     # ALL_REPLICAS, operation name).
     measurements: dict[tuple[str, str], Measurement] = field(default_factory=dict)
@@ -59,6 +72,7 @@ def replica_setups(client_for: ClientFor) -> dict[str, Callable[[], WorkerSetup]
         "create": lambda: operations.create(client_for, []),
         "verify (remote)": lambda: operations.verify(client_for, check_database=False),
         "get data": lambda: operations.get_data(client_for),
+        "update data": lambda: operations.update_data(client_for),
     }
 
 

@@ -56,6 +56,7 @@ class Results:
     growth: Growth | None = None
     cleanup: CleanupRun | None = None
     replicas: ReplicaRun | None = None
+    workers: ReplicaRun | None = None
     wall_time_s: float = 0.0
     load_at_start: str = field(default_factory=lambda: read_load_average())
     load_at_end: str = ""

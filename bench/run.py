@@ -5,8 +5,8 @@ starts a private MariaDB server and two daemons on loopback ports. It times
 the SDK operations at each concurrency, the floors (an empty gRPC call and
 the bare SQL statements), the JWT algorithms and the daemon's memory. On
 more MariaDB databases and daemons it also times one daemon against
-replicas, calls during the cleanup job, and the operations at two table
-sizes. Then it writes OUT_DIR/benchmarks.md and OUT_DIR/benchmarks.png.
+replicas and against one with worker processes, calls during the cleanup
+job, and the operations at two table sizes. Then it writes OUT_DIR/benchmarks.md and OUT_DIR/benchmarks.png.
 """
 
 from __future__ import annotations
@@ -30,7 +30,11 @@ import algorithms  # noqa: E402
 import report  # noqa: E402
 import scale  # noqa: E402
 from private_mysql import PrivateMysqlServer, install_data_folder  # noqa: E402
-from sessiond_testing import DaemonProcess  # noqa: E402
+from sessiond_testing import (  # noqa: E402
+    DaemonProcess,
+    WorkersDaemonProcess,
+    free_port_range,
+)
 
 from sessiond_server.config import Config  # noqa: E402
 
@@ -45,6 +49,8 @@ QUICK_GROWTH_SESSIONS = "1000,10000"
 FULL_CLEANUP_EXPIRED = 100_000
 QUICK_CLEANUP_EXPIRED = 2000
 REPLICAS = 3
+# One worker per core of the 2-core development machine.
+WORKERS = 2
 # Upper bounds that only catch typos.
 MAX_GROWTH_SESSIONS = 10_000_000
 MAX_REPLICAS = 16
@@ -94,6 +100,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help=f"daemons on one MariaDB database for the replica measurement (default: {REPLICAS})",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=WORKERS,
+        help=f"worker processes of the daemon in the worker measurement (default: {WORKERS})",
+    )
+    parser.add_argument(
         "--algorithm-seconds",
         type=float,
         help="time for each JWT sign or verify rate, in seconds (default: 1, or 0.05 with --quick)",
@@ -139,6 +151,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error(f"--cleanup-expired must be from 1 to {MAX_GROWTH_SESSIONS:,}")
     if not 2 <= args.replicas <= MAX_REPLICAS:
         parser.error(f"--replicas must be from 2 to {MAX_REPLICAS}")
+    if not 2 <= args.workers <= MAX_REPLICAS:
+        parser.error(f"--workers must be from 2 to {MAX_REPLICAS}")
     if args.seconds <= 0 or args.algorithm_seconds <= 0:
         parser.error("--seconds and --algorithm-seconds must be greater than 0")
     return args
@@ -170,12 +184,15 @@ def private_mariadb(folder: Path) -> Iterator[PrivateMysqlServer]:
 
 @contextlib.contextmanager
 def daemon(
-    database_url: str, log_path: Path, **settings: Any
+    database_url: str,
+    log_path: Path,
+    process_class: type[DaemonProcess] = DaemonProcess,
+    **settings: Any,
 ) -> Iterator[DaemonProcess]:
     """Start `sessiond serve` with INFO logging and settings over the defaults; stop it at exit."""
     # DaemonProcess defaults to DEBUG logging, which writes a line per
     # session created; INFO is the daemon's own default.
-    process = DaemonProcess(
+    process = process_class(
         database_url, log_path, **{"log_level": "INFO", **settings}
     ).start()
     try:
@@ -251,7 +268,7 @@ def measure_scale(
     args: argparse.Namespace,
     results: report.Results,
 ) -> None:
-    """Time replicas, the cleanup job and table growth, each on a database of its own."""
+    """Time replicas, workers, the cleanup job and table growth, each on a database of its own."""
     replica_url = create_database(mariadb, "sessiond_replicas")
     with contextlib.ExitStack() as replica_daemons:
         replicas = [
@@ -262,6 +279,21 @@ def measure_scale(
         ]
         print(f"measuring {args.replicas} replicas", flush=True)
         results.replicas = runner.measure_replicas(replicas)
+
+    workers_url = create_database(mariadb, "sessiond_workers")
+    with (
+        daemon(workers_url, work / "one-process.log") as one_process,
+        daemon(
+            workers_url,
+            work / "workers.log",
+            process_class=WorkersDaemonProcess,
+            workers=args.workers,
+            listen=f"127.0.0.1:{free_port_range(1)}",
+        ) as with_workers,
+    ):
+        print(f"measuring {args.workers} worker processes", flush=True)
+        assert isinstance(with_workers, WorkersDaemonProcess)
+        results.workers = runner.measure_workers(one_process, with_workers)
 
     cleanup_url = create_database(mariadb, "sessiond_cleanup")
     print("measuring calls during the cleanup job", flush=True)

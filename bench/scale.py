@@ -1,4 +1,4 @@
-"""The scale measurements: table growth, the cleanup job under load, and replicas."""
+"""The scale measurements: table growth, the cleanup job under load, replicas and workers."""
 
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ from private_mysql import PrivateMysqlServer
 from replicas import (
     ALL_REPLICAS,
     ONE_DAEMON,
-    REPLICA_OPERATIONS,
     ROUND_ROBIN_OPTIONS,
+    WORKER_OPERATIONS,
     ReplicaRun,
     cpu_seconds,
     cpu_shares,
@@ -36,7 +36,7 @@ from replicas import (
     round_robin_target,
 )
 from report import Results
-from sessiond_testing import DaemonProcess
+from sessiond_testing import DaemonProcess, WorkersDaemonProcess
 from suite import Suite
 
 from sessiond_server.config import Config
@@ -235,33 +235,83 @@ class ScaleSuite(Suite):
 
     def measure_replicas(self, daemons: Sequence[DaemonProcess]) -> ReplicaRun:
         """Time each replica operation through the first daemon, then through all of them."""
-        concurrency = max(self._concurrencies)
         addresses = [daemon.address for daemon in daemons]
-        pids = []
-        for daemon in daemons:
-            assert daemon.process is not None
-            pids.append(daemon.process.pid)
         run = ReplicaRun(
-            len(daemons), concurrency, self._rounds, round_robin_target(addresses)
+            len(daemons),
+            max(self._concurrencies),
+            self._rounds,
+            round_robin_target(addresses),
         )
-        setups: list[tuple[str, str, Sequence[tuple[str, Any]]]] = [
-            (ONE_DAEMON, addresses[0], ()),
-            (ALL_REPLICAS, run.target, ROUND_ROBIN_OPTIONS),
-        ]
+        self._measure_spread(
+            run,
+            one_address=addresses[0],
+            spread_label=f"{len(daemons)} replicas",
+            spread_options=ROUND_ROBIN_OPTIONS,
+            pids=[_pid(daemon) for daemon in daemons],
+        )
+        return run
+
+    def measure_workers(
+        self, one: DaemonProcess, workers: WorkersDaemonProcess
+    ) -> ReplicaRun:
+        """Time each worker operation through a one-process daemon, then through one with workers.
+
+        The client of the daemon with workers opens two connections per
+        worker, because the kernel gives each connection to a worker by a
+        hash and one connection per worker would leave some workers idle.
+        """
+        pids = workers.worker_pids()
+        run = ReplicaRun(
+            len(pids),
+            max(self._concurrencies),
+            self._rounds,
+            workers.address,
+            operations=WORKER_OPERATIONS,
+            connections=2 * len(pids),
+        )
+        self._measure_spread(
+            run,
+            one_address=one.address,
+            spread_label=f"{len(pids)} workers",
+            spread_options=(),
+            pids=pids,
+        )
+        return run
+
+    def _measure_spread(
+        self,
+        run: ReplicaRun,
+        *,
+        one_address: str,
+        spread_label: str,
+        spread_options: Sequence[tuple[str, Any]],
+        pids: list[int],
+    ) -> None:
+        """Time run.operations through one_address and through run.target, alternately.
+
+        Stores the faster round of each in run, with each of pids' share of
+        their CPU time during the spread measurement that was kept.
+        """
+        concurrency = run.concurrency
         with contextlib.ExitStack() as stack:
             clients = {
-                label: stack.enter_context(
-                    self._clients(target, concurrency, options=options)
-                )
-                for label, target, options in setups
+                ONE_DAEMON: stack.enter_context(
+                    self._clients(one_address, concurrency)
+                ),
+                ALL_REPLICAS: stack.enter_context(
+                    self._clients(
+                        run.target,
+                        concurrency,
+                        options=spread_options,
+                        connections=run.connections,
+                    )
+                ),
             }
             for _round in range(self._rounds):
-                for name in REPLICA_OPERATIONS:
+                for name in run.operations:
                     for label, client_for in clients.items():
                         printed_label = (
-                            ONE_DAEMON
-                            if label == ONE_DAEMON
-                            else f"{len(daemons)} replicas"
+                            ONE_DAEMON if label == ONE_DAEMON else spread_label
                         )
                         setup = replica_setups(client_for)[name]()
                         before = [cpu_seconds(pid) for pid in pids]
@@ -274,8 +324,12 @@ class ScaleSuite(Suite):
                             run.cpu_shares[name] = cpu_shares(before, after)
         for name, shares in run.cpu_shares.items():
             text = ", ".join(f"{share:.0%}" for share in shares)
-            print(f"replica CPU shares during {name}: {text}", flush=True)
-        return run
+            print(f"{spread_label} CPU shares during {name}: {text}", flush=True)
+
+
+def _pid(daemon: DaemonProcess) -> int:
+    assert daemon.process is not None
+    return daemon.process.pid
 
 
 def _keep_faster(kept: dict[Any, Measurement], key: Any, found: Measurement) -> bool:

@@ -17,7 +17,7 @@ from cleanup import (
 )
 from growth import EXPIRED_SHARE, GROWTH_OPERATIONS, Growth
 from harness import Measurement
-from replicas import ALL_REPLICAS, ONE_DAEMON, REPLICA_OPERATIONS, ReplicaRun
+from replicas import ALL_REPLICAS, ONE_DAEMON, ReplicaRun
 from report import Results, _ratio_text, _table
 
 from sessiond_server.daemon import CLEANUP_BATCH_SIZE
@@ -36,6 +36,10 @@ def scale_lines(results: Results) -> list[str]:
         "## Replicas",
         "",
         *replica_lines(results.replicas),
+        "",
+        "## Worker processes",
+        "",
+        *worker_lines(results.workers),
         "",
     ]
 
@@ -236,12 +240,10 @@ def cleanup_lines(run: CleanupRun | None) -> list[str]:
     ]
 
 
-def replica_lines(run: ReplicaRun | None) -> list[str]:
-    if run is None:
-        return ["Not measured."]
-    spread = f"{run.replicas} replicas"
+def _spread_table(run: ReplicaRun, spread: str, share_heading: str) -> list[str]:
+    """Return the table of one daemon process against the calls spread over run.replicas."""
     rows = []
-    for name in REPLICA_OPERATIONS:
+    for name in run.operations:
         one_daemon = run.measurements.get((ONE_DAEMON, name))
         all_replicas = run.measurements.get((ALL_REPLICAS, name))
         shares = run.cpu_shares.get(name, ())
@@ -256,6 +258,23 @@ def replica_lines(run: ReplicaRun | None) -> list[str]:
                 " / ".join(f"{share:.0%}" for share in shares) or "-",
             ]
         )
+    return _table(
+        [
+            "operation",
+            "ops/s one daemon",
+            f"ops/s {spread}",
+            "ratio",
+            "p99 ms one daemon",
+            f"p99 ms {spread}",
+            share_heading,
+        ],
+        rows,
+    )
+
+
+def replica_lines(run: ReplicaRun | None) -> list[str]:
+    if run is None:
+        return ["Not measured."]
     return [
         f"{run.replicas} daemons (default settings) serve one MariaDB database. "
         "The SDK reaches them through a gRPC target that lists every address, "
@@ -272,21 +291,36 @@ def replica_lines(run: ReplicaRun | None) -> list[str]:
         "ratio is ops/s through the replicas divided "
         "by ops/s through one daemon.",
         "",
-        *_table(
-            [
-                "operation",
-                "ops/s one daemon",
-                f"ops/s {spread}",
-                "ratio",
-                "p99 ms one daemon",
-                f"p99 ms {spread}",
-                "CPU share per replica",
-            ],
-            rows,
-        ),
+        *_spread_table(run, f"{run.replicas} replicas", "CPU share per replica"),
         "",
         f"The replicas, the MariaDB server and the bench's client threads all run "
         f"on this machine's {os.cpu_count()} cores, so the replicas add no CPU: "
         "the ratio measures the cost of spreading calls over several processes, "
         "not scale-out. Replicas on machines of their own would add cores.",
+    ]
+
+
+def worker_lines(run: ReplicaRun | None) -> list[str]:
+    if run is None:
+        return ["Not measured."]
+    return [
+        f"Two daemons serve one MariaDB database: one with workers = 1 (one "
+        f"process) and one with workers = {run.replicas}, whose worker processes "
+        "share one port through SO_REUSEPORT. The kernel gives each TCP "
+        "connection to one worker, so the client of the daemon with workers "
+        f"opens {run.connections} connections (`SessionClient(address, "
+        f"connections={run.connections})`) and its calls take them in turn; the "
+        "one-process daemon's client has one. The CPU share column is each "
+        "worker's part of the workers' CPU time (from /proc/PID/stat) during "
+        "the kept measurement. The two setups alternate operation by operation, "
+        f"each figure is {_rounds_text(run.rounds)} at concurrency "
+        f"{run.concurrency}, and the ratio is ops/s with workers divided by ops/s "
+        "with one process.",
+        "",
+        *_spread_table(run, f"{run.replicas} workers", "CPU share per worker"),
+        "",
+        f"The workers, the MariaDB server and the bench's client threads share "
+        f"this machine's {os.cpu_count()} cores, and the client is one Python "
+        "process, so a ratio above 1 shows how much of the machine one daemon "
+        "process leaves unused, not how workers scale on a larger host.",
     ]

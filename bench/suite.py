@@ -68,10 +68,12 @@ class Suite:
         mode: str | None = None,
         *,
         options: Sequence[tuple[str, Any]] = (),
+        connections: int = 1,
     ) -> Iterator[ClientFor]:
         """Yield client_for(thread index): one shared SessionClient, or one per thread.
 
-        options are gRPC channel options for every client opened.
+        options are gRPC channel options, and connections the SDK setting,
+        for every client opened.
         """
         mode = mode or self._results.client_mode
         opened: dict[int, sessiond.SessionClient] = {}
@@ -81,7 +83,9 @@ class Suite:
             key = index if mode == OWN and concurrency > 1 else 0
             with lock:
                 if key not in opened:
-                    opened[key] = sessiond.SessionClient(address, options=options)
+                    opened[key] = sessiond.SessionClient(
+                        address, options=options, connections=connections
+                    )
                 return opened[key]
 
         try:

@@ -41,6 +41,7 @@ CONCURRENCIES = (1, 4)
 GROWTH_SESSIONS = (300, 1000)
 GROWTH_OPERATIONS = ("create", "verify (remote)", "refresh", "get data", "update data")
 REPLICA_OPERATIONS = ("create", "verify (remote)", "get data")
+WORKER_OPERATIONS = ("create", "verify (remote)", "get data", "update data")
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +158,24 @@ def test_bench_page_has_replica_rows(bench_output: Path) -> None:
     assert "ops/s 3 replicas" in replicas
     for operation in REPLICA_OPERATIONS:
         assert f"| {operation} |" in replicas, f"no replica row for {operation!r}"
+
+
+def test_bench_page_has_worker_rows(bench_output: Path) -> None:
+    page = (bench_output / "benchmarks.md").read_text(encoding="utf-8")
+    workers = _section(page, "Worker processes")
+    assert "ops/s 2 workers" in workers
+    assert "connections=4" in workers
+    for operation in WORKER_OPERATIONS:
+        row = next(
+            (
+                line
+                for line in workers.splitlines()
+                if line.startswith(f"| {operation} |")
+            ),
+            None,
+        )
+        assert row is not None, f"no worker row for {operation!r}"
+        # Both workers used CPU, so the calls reached both of them.
+        shares = row.rstrip(" |").rsplit("|", 1)[1].split(" / ")
+        assert len(shares) == 2, row
+        assert all(share.strip() != "0%" for share in shares), row
