@@ -51,7 +51,9 @@ class Config:
     access_token_validity_s: int = 3600
     refresh_token_validity_s: int = 100 * 24 * 3600
     key_rotation_interval_s: int = 24 * 3600
-    signing_algorithm: str = "EdDSA"
+    # ES256: the cheapest sign plus verify of the three in the bench
+    # (docs/benchmarks.md), and more JWT libraries verify it than EdDSA.
+    signing_algorithm: str = "ES256"
     clock_skew_leeway_s: int = 5
     refresh_grace_period_s: int = 10
     idle_timeout_s: int = 0
