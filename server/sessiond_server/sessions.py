@@ -266,9 +266,7 @@ class SessionManager:
         claims = self._access_codec.verify(access_token)
         if self._config.anti_csrf:
             _check_anti_csrf(claims, anti_csrf_token)
-        view = SessionView(
-            claims.session_handle, claims.user_id, dump_json(claims.payload)
-        )
+        view = SessionView(claims.session_handle, claims.user_id, claims.payload_json)
         if claims.parent_refresh_hash1 is not None:
             return self._promote(claims, view)
         if check_database or self._config.blacklisting:
