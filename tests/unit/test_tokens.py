@@ -686,25 +686,21 @@ def test_cached_verify_skips_signature_check(
     assert decodes == [token]
 
 
-def test_cache_size_zero_checks_every_time(
-    eddsa: AccessSetup, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("cache_size", "payload"),
+    [
+        pytest.param(0, {"role": "reader"}, id="cache-off"),
+        pytest.param(10, {"blob": "x" * MAX_CACHED_TOKEN_CHARS}, id="token-too-long"),
+    ],
+)
+def test_uncached_token_checked_every_time(
+    eddsa: AccessSetup,
+    monkeypatch: pytest.MonkeyPatch,
+    cache_size: int,
+    payload: dict[str, Any],
 ) -> None:
-    codec = eddsa.make_codec(cache_size=0)
-    token, _ = eddsa.issue()
-    decodes = count_decodes(monkeypatch)
-
-    codec.verify(token)
-    codec.verify(token)
-
-    assert decodes == [token, token]
-
-
-def test_long_token_not_cached(
-    eddsa: AccessSetup, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    codec = eddsa.make_codec(cache_size=10)
-    token, _ = eddsa.issue(payload={"blob": "x" * MAX_CACHED_TOKEN_CHARS})
-    assert len(token) > MAX_CACHED_TOKEN_CHARS
+    codec = eddsa.make_codec(cache_size=cache_size)
+    token, _ = eddsa.issue(payload=payload)
     decodes = count_decodes(monkeypatch)
 
     codec.verify(token)
