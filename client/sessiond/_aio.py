@@ -155,7 +155,9 @@ class AsyncSessionClient(ClientBase):
         local = self._verify_locally(access_token, anti_csrf_token, check_database)
         if local is not None:
             return self._session(local)
-        call = calls.get_session(access_token, anti_csrf_token, check_database)
+        call = calls.get_session(
+            access_token, anti_csrf_token, self._remote_check_database(check_database)
+        )
         fields = await self._invoke(call)
         self._verified_remotely(access_token, check_database)
         return self._session(fields)

@@ -191,6 +191,17 @@ class ClientBase:
             anti_csrf_token=None,
         )
 
+    def _remote_check_database(self, check_database: bool) -> bool:
+        """Return the check_database flag of a verify that goes to the daemon.
+
+        With local verification on, a token goes to the daemon when the
+        verifier cannot vouch for it, for example while the revocation
+        stream is down. A stateless check there would accept a session
+        revoked meanwhile for as long as its token lives, so the daemon
+        reads the session row too.
+        """
+        return check_database or self._local is not None
+
     def _verified_remotely(self, access_token: str, check_database: bool) -> None:
         if self._local is not None and not check_database:
             self._local.remember_verified(access_token)

@@ -354,3 +354,44 @@ def test_async_client_verifies_locally(local_daemon: DaemonProcess) -> None:
 
     assert after == before
     assert raised is sessiond.UnauthorisedError
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_revoke_seen_without_stream(
+    start_daemon: Callable[..., DaemonProcess], database_url: str, kind: str
+) -> None:
+    # With the stream off the verifier never vouches for a token, so every
+    # verify goes to the daemon, which must read the session row.
+    daemon = start_daemon(database_url, max_revocation_watchers=0)
+    with daemon.client() as other:
+        session = other.create_new_session("no-stream")
+        assert session.access_token is not None
+        assert session.anti_csrf_token is not None
+        access, csrf = session.access_token.value, session.anti_csrf_token.value
+
+        async def verify_before_and_after_revoke() -> None:
+            client: sessiond.SessionClient | sessiond.AsyncSessionClient
+            if kind == "sync":
+                client = sessiond.SessionClient(daemon.address, local_verification=True)
+            else:
+                client = sessiond.AsyncSessionClient(
+                    daemon.address, local_verification=True
+                )
+            try:
+                first = client.get_session(access, csrf)
+                if not isinstance(first, sessiond.Session):
+                    first = await first
+                assert first.handle == session.handle
+
+                assert other.revoke_session(session.handle)
+
+                with pytest.raises(sessiond.UnauthorisedError):
+                    again = client.get_session(access, csrf)
+                    if not isinstance(again, sessiond.Session):
+                        await again
+            finally:
+                closed = client.close()
+                if closed is not None:
+                    await closed
+
+        asyncio.run(verify_before_and_after_revoke())
