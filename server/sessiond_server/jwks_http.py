@@ -14,6 +14,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from .errors import UnavailableError
 from .keys import KeyManager
 
 logger = logging.getLogger(__name__)
@@ -36,7 +37,13 @@ def _handler_for(keys: KeyManager) -> type[BaseHTTPRequestHandler]:
             if self.path.split("?", 1)[0] != JWKS_PATH:
                 self._send(404, b'{"error":"not found"}', {})
                 return
-            body = json.dumps(keys.jwks(), separators=(",", ":")).encode()
+            try:
+                jwks = keys.jwks()
+            except UnavailableError as exc:
+                logger.warning("JWK Set unavailable error=%s", exc)
+                self._send(503, b'{"error":"signing keys unavailable"}', {})
+                return
+            body = json.dumps(jwks, separators=(",", ":")).encode()
             etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
             headers = {
                 "Cache-Control": f"public, max-age={CACHE_MAX_AGE_S}",

@@ -257,7 +257,15 @@ class KeyManager:
         return sorted(self._keys.values(), key=lambda key: key.created_at_ms)
 
     def jwks(self) -> dict[str, Any]:
-        """Return the JWK Set of the keys that may have signed a live token."""
+        """Return the JWK Set of the keys that may have signed a live token.
+
+        The key list is brought up to date first, as for signing: reloaded
+        when it is older than SIGNING_STATE_MAX_AGE_MS, and a signing key is
+        created when none is current. So a daemon that signs nothing still
+        lists, within about a second, a key that another daemon or `sessiond
+        keys rotate` created, and never serves an empty set.
+        """
+        self.signing_key()
         now = self._clock()
         keys = [
             key.public_jwk()

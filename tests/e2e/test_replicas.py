@@ -7,8 +7,9 @@ import sqlite3
 import time
 from collections.abc import Callable
 
+import jwt
 import pytest
-from sessiond_testing import DaemonProcess, mysql_connect
+from sessiond_testing import DaemonProcess, mysql_connect, rotate_keys
 
 import sessiond
 
@@ -103,3 +104,53 @@ def test_one_key_per_rotation(
     # three rotations, each made by exactly one of the replicas.
     count = _signing_key_count(database_url)
     assert 3 <= count <= 4
+
+
+def _kids(client: sessiond.SessionClient) -> set[str]:
+    return {str(key["kid"]) for key in client.get_jwks()["keys"]}
+
+
+def test_idle_replica_lists_rotated_key(
+    start_daemon: Callable[..., DaemonProcess], database_url: str
+) -> None:
+    signer = start_daemon(database_url)
+    idle = start_daemon(database_url)
+    with signer.client() as signing_client, idle.client() as idle_client:
+        before = _kids(idle_client)
+        rotate_keys(database_url)
+        # A signing daemon switches to the new key within about a second.
+        deadline = time.monotonic() + 3
+        while True:
+            session = signing_client.create_new_session("user-jwks")
+            assert session.access_token is not None
+            new_kid = jwt.get_unverified_header(session.access_token.value)["kid"]
+            if new_kid not in before:
+                break
+            assert time.monotonic() < deadline, "the signer never switched keys"
+            time.sleep(0.1)
+
+        # The idle replica signs and verifies nothing, yet lists the key
+        # within about a second of the rotation.
+        deadline = time.monotonic() + 3
+        while new_kid not in _kids(idle_client):
+            assert time.monotonic() < deadline, "the idle replica never listed the key"
+            time.sleep(0.1)
+
+
+def test_idle_replica_never_lists_no_key(
+    start_daemon: Callable[..., DaemonProcess], database_url: str
+) -> None:
+    # A key signs for 1 s and then verifies for the token lifetime plus 2 s
+    # (the time other daemons may go on signing with it), so without a new
+    # key the set would be empty about 4 s after start.
+    daemon = start_daemon(
+        database_url,
+        key_rotation_interval_s=1,
+        access_token_validity_s=1,
+        clock_skew_leeway_s=0,
+    )
+    with daemon.client() as client:
+        deadline = time.monotonic() + 7
+        while time.monotonic() < deadline:
+            assert _kids(client), "the JWK Set was empty"
+            time.sleep(0.25)
