@@ -136,7 +136,7 @@ class AsyncSessionClient(ClientBase):
         self,
         user_id: str,
         access_token_payload: dict[str, Any] | None = None,
-        session_data: Any = None,
+        session_data: Any = calls.NOT_GIVEN,
         *,
         device: DeviceInfo | None = None,
     ) -> AsyncSession:

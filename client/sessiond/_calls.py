@@ -26,6 +26,17 @@ from .v1 import session_pb2 as pb
 T = TypeVar("T")
 
 
+class _NotGiven:
+    """The default of an argument the caller left out, where None is a value."""
+
+    def __repr__(self) -> str:
+        return "NOT_GIVEN"
+
+
+# Session data left out at create is stored as {}; None is JSON null.
+NOT_GIVEN: Any = _NotGiven()
+
+
 @dataclass(frozen=True)
 class Call(Generic[T]):
     """One unary call of SessionService, ready to send."""
@@ -177,7 +188,7 @@ def create_new_session(
         request.access_token_payload_json = dump(
             access_token_payload, "access_token_payload"
         )
-    if session_data is not None:
+    if session_data is not NOT_GIVEN:
         request.session_data_json = dump(session_data, "session_data")
     if device is not None:
         request.device.CopyFrom(

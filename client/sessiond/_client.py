@@ -104,11 +104,15 @@ class SessionClient(ClientBase):
         self,
         user_id: str,
         access_token_payload: dict[str, Any] | None = None,
-        session_data: Any = None,
+        session_data: Any = calls.NOT_GIVEN,
         *,
         device: DeviceInfo | None = None,
     ) -> Session:
-        """Log a user in. A None payload or session data is stored as ``{}``.
+        """Log a user in.
+
+        A payload left out or None is stored as ``{}``. Session data left
+        out is stored as ``{}``, and None as JSON null, as
+        ``update_session_data(handle, None)`` stores it.
 
         ``device`` is returned by ``list_sessions``; a bad field raises
         InvalidArgumentError naming it, such as ``device.ip_address``.

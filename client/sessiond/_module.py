@@ -6,6 +6,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ._calls import NOT_GIVEN
 from ._client import SessionClient
 from ._session import DeviceInfo, Session, SessionData, SessionDetails, SessionInfo
 from .errors import GeneralError
@@ -45,7 +46,7 @@ def _shared() -> SessionClient:
 def create_new_session(
     user_id: str,
     access_token_payload: dict[str, Any] | None = None,
-    session_data: Any = None,
+    session_data: Any = NOT_GIVEN,
     *,
     device: DeviceInfo | None = None,
 ) -> Session:

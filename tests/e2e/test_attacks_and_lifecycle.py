@@ -559,11 +559,15 @@ def test_session_data_null_round_trip(
     client: sessiond.SessionClient, daemon: DaemonProcess
 ) -> None:
     user = "user-json-null"
-    # The SDK's create_new_session treats session_data=None as "not
-    # provided", which the daemon stores as {}. JSON null itself goes
-    # through update_session_data or the raw CreateSession field.
-    default = client.create_new_session(user, None, None)
+    # Session data left out is stored as {}; None is JSON null, at create
+    # as at update.
+    default = client.create_new_session(user)
     assert client.get_session_data(default.handle) == {}
+    created_null = client.create_new_session(user, None, None)
+    assert client.get_session_data(created_null.handle) is None
+    assert client.get_session_data_versioned(created_null.handle).value is None
+    client.refresh_session(tokens_of(created_null)[2])
+    assert client.get_session_data(created_null.handle) is None
 
     session = client.create_new_session(user, None, {"placeholder": 1})
     client.update_session_data(session.handle, None)

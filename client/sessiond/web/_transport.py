@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .._calls import NOT_GIVEN
 from .._client import SessionClient
 from .._session import DeviceInfo, Session, Token
 from ..errors import (
@@ -443,7 +444,7 @@ class TokenTransport:
         client: SessionClient,
         user_id: str,
         access_token_payload: dict[str, Any] | None = None,
-        session_data: Any = None,
+        session_data: Any = NOT_GIVEN,
         *,
         device: DeviceInfo | None = None,
     ) -> tuple[Session, tuple[CookieUpdate, ...]]:

@@ -27,6 +27,7 @@ from typing import Any
 
 from flask import Flask, Response, current_app, g, jsonify, request
 
+from .._calls import NOT_GIVEN
 from .._client import SessionClient
 from .._session import Session
 from ._transport import (
@@ -161,7 +162,7 @@ class SessionAuth:
         self,
         user_id: str,
         access_token_payload: dict[str, Any] | None = None,
-        session_data: Any = None,
+        session_data: Any = NOT_GIVEN,
     ) -> Session:
         """Log a user in and set the three cookies on this request's response.
 

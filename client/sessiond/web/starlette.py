@@ -36,6 +36,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .._calls import NOT_GIVEN
 from .._client import SessionClient
 from .._session import Session
 from ._transport import (
@@ -215,7 +216,7 @@ class SessionAuth:
         request: Request,
         user_id: str,
         access_token_payload: dict[str, Any] | None = None,
-        session_data: Any = None,
+        session_data: Any = NOT_GIVEN,
     ) -> Session:
         """Log a user in and set the three cookies on this request's response.
 
