@@ -10,6 +10,7 @@ import ipaddress
 import json
 import math
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,11 +143,27 @@ def _parse_finite_float(text: str) -> float:
     return value
 
 
+class _JsonLimitError(ValueError):
+    """Valid JSON that goes past a limit of the parser, with a message for the caller."""
+
+
+def _parse_bounded_int(text: str) -> int:
+    digits = len(text) - text.startswith("-")
+    limit = sys.get_int_max_str_digits()
+    if limit and digits > limit:
+        raise _JsonLimitError(
+            f"contains an integer of {digits} digits; the maximum is {limit} digits, "
+            "so send a longer number as a string"
+        )
+    return int(text)
+
+
 def parse_json(text: str, field: str, max_bytes: int) -> Any:
     """Parse strict JSON text of at most max_bytes UTF-8 bytes.
 
     NaN, Infinity and numbers that overflow a double are rejected, because
-    they would not come back as the same JSON. Integers keep full precision.
+    they would not come back as the same JSON. Integers keep full precision,
+    up to the interpreter's limit on integer digits (4300 by default).
     """
     size = len(text.encode("utf-8", "surrogatepass"))
     if size > max_bytes:
@@ -155,9 +172,22 @@ def parse_json(text: str, field: str, max_bytes: int) -> Any:
         )
     try:
         return json.loads(
-            text, parse_constant=_reject_constant, parse_float=_parse_finite_float
+            text,
+            parse_constant=_reject_constant,
+            parse_float=_parse_finite_float,
+            parse_int=_parse_bounded_int,
         )
-    except (ValueError, RecursionError) as exc:
+    except _JsonLimitError as exc:
+        raise InvalidArgumentError(field, str(exc)) from None
+    except RecursionError:
+        # The parser recurses once per level, so the interpreter's recursion
+        # limit (1000 by default, less the frames already in use) bounds it.
+        raise InvalidArgumentError(
+            field,
+            "nests arrays and objects too deeply for the parser (the limit is "
+            "near 900 levels); flatten the value",
+        ) from None
+    except ValueError as exc:
         raise InvalidArgumentError(field, f"is not valid JSON: {exc}") from None
 
 

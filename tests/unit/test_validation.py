@@ -7,6 +7,7 @@ input, because callers read that attribute to find what to fix.
 from __future__ import annotations
 
 import json
+import sys
 import uuid
 from typing import Any
 
@@ -162,6 +163,21 @@ def test_parse_json_big_integers_exact() -> None:
     assert dump_json(parsed) == f"[{big},{huge}]"
 
 
+@pytest.mark.parametrize("sign", ["", "-"])
+def test_parse_json_integer_digit_limit(sign: str) -> None:
+    limit = sys.get_int_max_str_digits()
+    longest = sign + "9" * limit
+
+    assert parse_json(longest, "session_data", LARGE) == int(longest)
+    with pytest.raises(InvalidArgumentError) as raised:
+        parse_json(f"[{longest}1]", "session_data", LARGE)
+
+    assert raised.value.field == "session_data"
+    assert f"{limit + 1} digits" in raised.value.message
+    assert "as a string" in raised.value.message
+    assert "sys." not in raised.value.message
+
+
 def test_parse_json_limit_counts_utf8_bytes() -> None:
     # Five characters, but each "é" is two bytes: 8 bytes in all.
     text = '"ééé"'
@@ -187,6 +203,8 @@ def test_parse_json_deep_nesting_rejected(text: str) -> None:
         parse_json(text, "session_data", LARGE)
 
     assert raised.value.field == "session_data"
+    assert "too deeply" in raised.value.message
+    assert "recursion" not in raised.value.message
 
 
 # -- parse_payload ------------------------------------------------------------
