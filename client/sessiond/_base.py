@@ -80,6 +80,10 @@ def open_blocking_channel(
     return grpc.secure_channel(target, credentials, options=options)
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 class ClientBase:
     """The constructor and the stub lookup of both clients.
 
@@ -106,14 +110,14 @@ class ClientBase:
         local_cache_size: int = DEFAULT_CACHE_SIZE,
         connections: int = 1,
     ) -> None:
-        if not 1 <= connections <= MAX_CONNECTIONS:
+        if not _is_int(connections) or not 1 <= connections <= MAX_CONNECTIONS:
             raise InvalidArgumentError(
-                f"invalid connections: {connections}; pass 1 to {MAX_CONNECTIONS}",
+                f"invalid connections: {connections!r}; pass an int from 1 to {MAX_CONNECTIONS}",
                 field="connections",
             )
-        if local_cache_size < 0:
+        if not _is_int(local_cache_size) or local_cache_size < 0:
             raise InvalidArgumentError(
-                f"invalid local_cache_size: {local_cache_size}; pass 0 or more "
+                f"invalid local_cache_size: {local_cache_size!r}; pass an int, 0 or more "
                 "(0 keeps no verified tokens)",
                 field="local_cache_size",
             )

@@ -177,13 +177,72 @@ def _data_version(response: Any) -> int:
 # -- sessions -------------------------------------------------------------------
 
 
+# Request fields whose client argument has another name.
+_ARGUMENT_NAMES = {
+    "session_handle": "handle",
+    "session_handles": "handles",
+    "expected_data_version": "expected_version",
+}
+
+
+def _request(message_type: Any, prefix: str = "", **fields: Any) -> Any:
+    """Build a request message; raise InvalidArgumentError naming a field of the wrong type.
+
+    Protobuf's own TypeError and ValueError ("bad argument type for built-in
+    operation", "Value out of range") name no field, so each field is tried
+    alone to find the one protobuf rejected. prefix goes before the field
+    name, as in ``device.label``.
+    """
+    try:
+        return message_type(**fields)
+    except (TypeError, ValueError):
+        for name, value in fields.items():
+            try:
+                message_type(**{name: value})
+            except (TypeError, ValueError):
+                argument = prefix + _ARGUMENT_NAMES.get(name, name)
+                raise InvalidArgumentError(
+                    f"invalid {argument}: {_describe_value(value)}; "
+                    f"pass {_expected(message_type.DESCRIPTOR.fields_by_name[name])}",
+                    field=argument,
+                ) from None
+        raise
+
+
+def _describe_value(value: Any) -> str:
+    text = repr(value)
+    if len(text) > 40:
+        text = text[:37] + "..."
+    return f"{text} ({type(value).__name__})"
+
+
+def _expected(field: Any) -> str:
+    kind = {
+        field.TYPE_STRING: "a str",
+        field.TYPE_INT64: "an int from -(2**63) to 2**63 - 1",
+        field.TYPE_UINT64: "an int from 0 to 2**64 - 1",
+        field.TYPE_INT32: "an int from -(2**31) to 2**31 - 1",
+        field.TYPE_UINT32: "an int from 0 to 2**32 - 1",
+        field.TYPE_BOOL: "a bool",
+    }.get(field.type, "a value of the documented type")
+    # Protobuf releases before is_repeated have only label.
+    repeated = (
+        field.is_repeated
+        if hasattr(field, "is_repeated")
+        else field.label == field.LABEL_REPEATED
+    )
+    if repeated:
+        return f"a sequence of {kind.removeprefix('a ').removeprefix('an ')} values"
+    return kind
+
+
 def create_new_session(
     user_id: str,
     access_token_payload: dict[str, Any] | None,
     session_data: Any,
     device: DeviceInfo | None,
 ) -> Call[SessionFields]:
-    request = pb.CreateSessionRequest(user_id=user_id)
+    request = _request(pb.CreateSessionRequest, user_id=user_id)
     if access_token_payload is not None:
         request.access_token_payload_json = dump(
             access_token_payload, "access_token_payload"
@@ -192,7 +251,9 @@ def create_new_session(
         request.session_data_json = dump(session_data, "session_data")
     if device is not None:
         request.device.CopyFrom(
-            pb.DeviceInfo(
+            _request(
+                pb.DeviceInfo,
+                "device.",
                 user_agent=device.user_agent or "",
                 ip_address=device.ip_address or "",
                 label=device.label or "",
@@ -204,8 +265,10 @@ def create_new_session(
 def get_session(
     access_token: str, anti_csrf_token: str | None, check_database: bool
 ) -> Call[SessionFields]:
-    request = pb.VerifySessionRequest(
-        access_token=access_token, check_database=check_database
+    request = _request(
+        pb.VerifySessionRequest,
+        access_token=access_token,
+        check_database=check_database,
     )
     if anti_csrf_token is not None:
         request.anti_csrf_token = anti_csrf_token
@@ -218,21 +281,22 @@ def _verified_session(response: Any) -> SessionFields:
 
 
 def refresh_session(refresh_token: str) -> Call[SessionFields]:
-    request = pb.RefreshSessionRequest(refresh_token=refresh_token)
+    request = _request(pb.RefreshSessionRequest, refresh_token=refresh_token)
     return Call("RefreshSession", request, _issued_session, idempotent=False)
 
 
 def regenerate_access_token(
     access_token: str, payload: dict[str, Any] | None
 ) -> Call[SessionFields]:
-    request = pb.RegenerateAccessTokenRequest(access_token=access_token)
+    request = _request(pb.RegenerateAccessTokenRequest, access_token=access_token)
     if payload is not None:
         request.access_token_payload_json = dump(payload, "access_token_payload")
     return Call("RegenerateAccessToken", request, _session_fields, idempotent=False)
 
 
 def update_access_token_payload(handle: str, payload: dict[str, Any]) -> Call[None]:
-    request = pb.UpdateAccessTokenPayloadRequest(
+    request = _request(
+        pb.UpdateAccessTokenPayloadRequest,
         session_handle=handle,
         access_token_payload_json=dump(payload, "access_token_payload"),
     )
@@ -240,32 +304,32 @@ def update_access_token_payload(handle: str, payload: dict[str, Any]) -> Call[No
 
 
 def revoke_session(handle: str) -> Call[bool]:
-    request = pb.RevokeSessionRequest(session_handle=handle)
+    request = _request(pb.RevokeSessionRequest, session_handle=handle)
     return Call("RevokeSession", request, _revoked, idempotent=True)
 
 
 def revoke_sessions(handles: Sequence[str]) -> Call[list[str]]:
-    request = pb.RevokeSessionsRequest(session_handles=list(handles))
+    request = _request(pb.RevokeSessionsRequest, session_handles=list(handles))
     return Call("RevokeSessions", request, _revoked_handles, idempotent=True)
 
 
 def revoke_all_sessions_for_user(user_id: str) -> Call[list[str]]:
-    request = pb.RevokeAllSessionsForUserRequest(user_id=user_id)
+    request = _request(pb.RevokeAllSessionsForUserRequest, user_id=user_id)
     return Call("RevokeAllSessionsForUser", request, _revoked_handles, idempotent=True)
 
 
 def get_all_session_handles_for_user(user_id: str) -> Call[list[str]]:
-    request = pb.ListSessionHandlesRequest(user_id=user_id)
+    request = _request(pb.ListSessionHandlesRequest, user_id=user_id)
     return Call("ListSessionHandles", request, _handles, idempotent=True)
 
 
 def list_sessions(user_id: str) -> Call[list[SessionDetails]]:
-    request = pb.ListSessionsRequest(user_id=user_id)
+    request = _request(pb.ListSessionsRequest, user_id=user_id)
     return Call("ListSessions", request, _session_details, idempotent=True)
 
 
 def get_session_info(handle: str) -> Call[SessionInfo]:
-    request = pb.GetSessionInfoRequest(session_handle=handle)
+    request = _request(pb.GetSessionInfoRequest, session_handle=handle)
     return Call("GetSessionInfo", request, _session_info, idempotent=True)
 
 
@@ -273,14 +337,15 @@ def get_session_info(handle: str) -> Call[SessionInfo]:
 
 
 def get_session_data_versioned(handle: str) -> Call[SessionData]:
-    request = pb.GetSessionDataRequest(session_handle=handle)
+    request = _request(pb.GetSessionDataRequest, session_handle=handle)
     return Call("GetSessionData", request, _session_data, idempotent=True)
 
 
 def update_session_data(
     handle: str, data: Any, expected_version: int | None
 ) -> Call[int]:
-    request = pb.UpdateSessionDataRequest(
+    request = _request(
+        pb.UpdateSessionDataRequest,
         session_handle=handle,
         session_data_json=dump(data, "session_data"),
         expected_data_version=expected_version,  # None leaves it unset
@@ -296,7 +361,8 @@ def merge_session_data(
 ) -> Call[SessionData]:
     # Never resent, as the daemon applies each patch it receives to what is
     # stored at that moment.
-    request = pb.MergeSessionDataRequest(
+    request = _request(
+        pb.MergeSessionDataRequest,
         session_handle=handle,
         patch_json=dump(patch, "patch"),
         expected_data_version=expected_version,
@@ -308,4 +374,4 @@ def merge_session_data(
 
 
 def get_jwks() -> Call[dict[str, Any]]:
-    return Call("GetJwks", pb.GetJwksRequest(), _jwks, idempotent=True)
+    return Call("GetJwks", _request(pb.GetJwksRequest), _jwks, idempotent=True)

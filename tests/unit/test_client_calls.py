@@ -320,3 +320,71 @@ def test_caller_options_replace_defaults() -> None:
     assert values["grpc.max_receive_message_length"] == 65 * 1024 * 1024
     assert values["grpc.initial_reconnect_backoff_ms"] == 250
     assert values["grpc.max_reconnect_backoff_ms"] == 4000
+
+
+# -- arguments of the wrong type ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("build", "field", "expected"),
+    [
+        pytest.param(
+            lambda: calls.create_new_session(42, None, calls.NOT_GIVEN, None),
+            "user_id",
+            "pass a str",
+            id="user-id-int",
+        ),
+        pytest.param(
+            lambda: calls.update_session_data("h", {}, "1"),
+            "expected_version",
+            "pass an int",
+            id="version-str",
+        ),
+        pytest.param(
+            lambda: calls.update_session_data("h", {}, 2**64),
+            "expected_version",
+            "2**63 - 1",
+            id="version-too-big",
+        ),
+        pytest.param(
+            lambda: calls.revoke_sessions([1, 2]),
+            "handles",
+            "sequence of str",
+            id="handles-ints",
+        ),
+        pytest.param(
+            lambda: calls.get_session_data_versioned(7),  # type: ignore[arg-type]
+            "handle",
+            "pass a str",
+            id="handle-int",
+        ),
+        pytest.param(
+            lambda: calls.create_new_session(
+                "u",
+                None,
+                calls.NOT_GIVEN,
+                sessiond.DeviceInfo(label=5),  # type: ignore[arg-type]
+            ),
+            "device.label",
+            "pass a str",
+            id="device-label-int",
+        ),
+    ],
+)
+def test_wrong_type_names_argument(build: Any, field: str, expected: str) -> None:
+    with pytest.raises(sessiond.InvalidArgumentError) as raised:
+        build()
+
+    assert raised.value.field == field
+    assert expected in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [("connections", "2"), ("connections", True), ("local_cache_size", 1.5)],
+)
+def test_client_setting_wrong_type_rejected(setting: str, value: Any) -> None:
+    with pytest.raises(sessiond.InvalidArgumentError) as raised:
+        sessiond.SessionClient("127.0.0.1:1", **{setting: value})
+
+    assert raised.value.field == setting
