@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import sys
 import threading
 from collections.abc import Callable
 from concurrent import futures
@@ -19,6 +21,7 @@ from sessiond.v1 import session_pb2, session_pb2_grpc
 
 from . import clock, metrics, systemd, transport
 from .config import Config
+from .errors import UnavailableError
 from .jwks_http import start_jwks_server
 from .keys import KeyManager
 from .migrations import LATEST_VERSION
@@ -40,6 +43,11 @@ CLEANUP_BATCH_SIZE = 1000
 # replica created (by rotation) within this bound.
 KEY_RELOAD_INTERVAL_S = 60.0
 HEALTH_CHECK_INTERVAL_S = 2.0
+# A worker process (workers > 1) writes this line on stdout every
+# HEARTBEAT_INTERVAL_S, so its supervisor can tell a frozen worker from a
+# live one. The supervisor never passes the line on.
+HEARTBEAT_LINE = "sessiond heartbeat"
+HEARTBEAT_INTERVAL_S = 1.0
 
 
 def max_message_bytes(config: Config) -> int:
@@ -252,22 +260,32 @@ class Daemon:
             jobs.append(
                 ("cleanup", float(self.config.cleanup_interval_s), self._cleanup)
             )
+        # With workers > 1 this process is a worker, because the supervisor
+        # never starts a Daemon.
+        if self.config.workers > 1:
+            jobs.append(("heartbeat", HEARTBEAT_INTERVAL_S, self._write_heartbeat))
         watchdog_s = systemd.watchdog_interval_s()
         if watchdog_s is not None:
             jobs.append(("watchdog", watchdog_s, self._ping_watchdog))
         for name, interval, job in jobs:
             threading.Thread(
-                target=self._every, args=(interval, job), name=name, daemon=True
+                target=self._every, args=(name, interval, job), name=name, daemon=True
             ).start()
 
-    def _every(self, interval_s: float, job: Callable[[], None]) -> None:
+    def _every(self, name: str, interval_s: float, job: Callable[[], None]) -> None:
         while not self._stop.wait(interval_s):
             try:
                 job()
-            except Exception:
-                logger.exception(
-                    "background job failed job=%s", threading.current_thread().name
+            except UnavailableError as exc:
+                # An unreachable database is an expected condition, and the
+                # health job already reports it, so no traceback here.
+                logger.warning(
+                    "background job failed, database unavailable job=%s error=%s",
+                    name,
+                    exc,
                 )
+            except Exception:
+                logger.exception("background job failed job=%s", name)
 
     def _reload_keys(self) -> None:
         self.keys.reload()
@@ -299,6 +317,23 @@ class Daemon:
 
     def _ping_watchdog(self) -> None:
         systemd.notify("WATCHDOG=1")
+
+    def _write_heartbeat(self) -> None:
+        """Write HEARTBEAT_LINE to stdout, the supervisor's pipe.
+
+        One os.write of a line shorter than PIPE_BUF reaches the pipe whole,
+        so it never splits the listening line that the main thread prints.
+        NOTE: a plain thread writes the line, so it shows only that this
+        process runs Python code. It catches a stopped process and a C call
+        that holds the GIL, but not a deadlock among the gRPC handler
+        threads or a stuck gRPC poller, because this thread still runs then.
+        """
+        try:
+            os.write(sys.stdout.fileno(), f"{HEARTBEAT_LINE}\n".encode())
+        except OSError as exc:
+            # The supervisor has exited. The main thread sees its stdin
+            # closed within 0.5 s and stops this worker.
+            logger.warning("heartbeat write failed error=%s", exc)
 
     def _cleanup(self) -> None:
         """Delete expired sessions in small batches, so no batch holds locks for long."""

@@ -5,8 +5,9 @@ migrations once, then starts each worker as ``python -m sessiond_server``
 with its own arguments plus ``--worker-index I``. Every worker binds the
 listen port with SO_REUSEPORT, so the kernel spreads new TCP connections
 over them. Only the supervisor talks to systemd. When any worker exits on
-its own, the supervisor stops the others and exits 1, so the service
-manager can restart the whole daemon.
+its own, or sends no heartbeat line on stdout for WORKER_TIMEOUT_S, the
+supervisor stops the others and exits 1, so the service manager can
+restart the whole daemon.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from . import systemd
 from .config import Config
-from .daemon import open_and_migrate
+from .daemon import HEARTBEAT_INTERVAL_S, HEARTBEAT_LINE, open_and_migrate
 from .transport import StartError
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,17 @@ START_TIMEOUT_S = 60.0
 # the supervisor sends SIGKILL.
 STOP_MARGIN_S = 5.0
 POLL_INTERVAL_S = 0.2
+# A worker whose last heartbeat (one every HEARTBEAT_INTERVAL_S) is older
+# than this has failed: the supervisor stops every worker and exits 1. Ten
+# missed heartbeats leave room for a loaded machine.
+WORKER_TIMEOUT_S = 10.0
+# While any worker's heartbeat is older than this, the supervisor sends no
+# WATCHDOG=1 to systemd and logs a warning.
+HEARTBEAT_LATE_S = 3 * HEARTBEAT_INTERVAL_S
+# Test hook: a positive number of seconds that replaces WORKER_TIMEOUT_S, so
+# tests need not wait 10 s. config.py ignores it, because no setting is
+# named test_worker_timeout_s.
+WORKER_TIMEOUT_VARIABLE = "SESSIOND_TEST_WORKER_TIMEOUT_S"
 
 
 @dataclass
@@ -48,6 +60,9 @@ class Worker:
     address: str = ""
     listening: threading.Event = field(default_factory=threading.Event)
     reader: threading.Thread | None = None
+    # time.monotonic() of the last heartbeat or of the listening line.
+    last_heartbeat: float = 0.0
+    heartbeat_late: bool = False
 
     @property
     def pid(self) -> int:
@@ -82,21 +97,45 @@ def exit_status(returncode: int) -> str:
         return f"signal {-returncode}"
 
 
-def supervise(config: Config, argv: Sequence[str], stopping: threading.Event) -> int:
-    """Start config.workers worker processes and stop them all when one exits or stopping is set.
+def worker_timeout_s(environ: Mapping[str, str]) -> float:
+    """Return WORKER_TIMEOUT_S, or the test hook's value when WORKER_TIMEOUT_VARIABLE is set.
 
-    Returns 0 after stopping is set (SIGTERM or SIGINT) and 1 after a worker
-    exited on its own.
+    Raises:
+        StartError: the variable is set but is not a positive number.
+    """
+    raw = environ.get(WORKER_TIMEOUT_VARIABLE)
+    if raw is None:
+        return WORKER_TIMEOUT_S
+    try:
+        timeout_s = float(raw)
+    except ValueError:
+        timeout_s = 0.0
+    if not timeout_s > 0:
+        raise StartError(
+            f"{WORKER_TIMEOUT_VARIABLE}={raw!r} is invalid: expected a positive "
+            "number of seconds; unset it outside tests"
+        )
+    return timeout_s
+
+
+def supervise(config: Config, argv: Sequence[str], stopping: threading.Event) -> int:
+    """Start config.workers worker processes and stop them all when one fails or stopping is set.
+
+    A worker fails when it exits on its own or sends no heartbeat for
+    WORKER_TIMEOUT_S. Returns 0 after stopping is set (SIGTERM or SIGINT)
+    and 1 after a worker failed.
 
     Raises:
         StartError: the database check failed, or a worker exited or did
             not listen within START_TIMEOUT_S during start.
     """
+    timeout_s = worker_timeout_s(os.environ)
     # Migrations run once here, so the workers never race to apply them. A
     # database that is unreachable or behind also fails here, before any
     # worker starts.
     open_and_migrate(replace(config, db_pool_size=1)).close()
     workers: list[Worker] = []
+    hung: list[Worker] = []
     try:
         environment = systemd.environment_without_notify(os.environ)
         for index in range(config.workers):
@@ -115,19 +154,30 @@ def supervise(config: Config, argv: Sequence[str], stopping: threading.Event) ->
         systemd.notify(
             f"READY=1\nSTATUS=listening on {address} with {len(workers)} worker processes"
         )
-        exited = _wait_for_exit(workers, stopping)
-        if exited is None:
+        failed = _watch_workers(workers, stopping, timeout_s)
+        if failed is None:
             return 0
-        logger.error(
-            "worker exited on its own, stopping the other workers index=%d pid=%d status=%s",
-            exited.index,
-            exited.pid,
-            exit_status(exited.process.returncode),
-        )
+        if failed.process.poll() is not None:
+            logger.error(
+                "worker exited on its own, stopping the other workers index=%d pid=%d status=%s",
+                failed.index,
+                failed.pid,
+                exit_status(failed.process.returncode),
+            )
+        else:
+            logger.error(
+                "worker sent no heartbeat, stopping every worker index=%d pid=%d "
+                "seconds_since_heartbeat=%.1f timeout_s=%s",
+                failed.index,
+                failed.pid,
+                time.monotonic() - failed.last_heartbeat,
+                timeout_s,
+            )
+            hung.append(failed)
         return 1
     finally:
         systemd.notify("STOPPING=1")
-        _stop_workers(workers, config.shutdown_grace_s + STOP_MARGIN_S)
+        _stop_workers(workers, config.shutdown_grace_s + STOP_MARGIN_S, hung)
 
 
 def _start_worker(
@@ -159,11 +209,14 @@ def _start_worker(
 
 
 def _read_stdout(worker: Worker) -> None:
-    """Record the worker's listening line and pass any other output on to stdout."""
+    """Record the worker's listening line and heartbeats, and pass any other output on to stdout."""
     assert worker.process.stdout is not None
     for line in worker.process.stdout:
-        if not worker.listening.is_set() and line.startswith(LISTENING_PREFIX):
+        if line.rstrip("\n") == HEARTBEAT_LINE:
+            worker.last_heartbeat = time.monotonic()
+        elif not worker.listening.is_set() and line.startswith(LISTENING_PREFIX):
             worker.address = line[len(LISTENING_PREFIX) :].strip()
+            worker.last_heartbeat = time.monotonic()
             worker.listening.set()
         else:
             sys.stdout.write(line)
@@ -195,12 +248,18 @@ def _wait_until_listening(
     return None
 
 
-def _wait_for_exit(workers: list[Worker], stopping: threading.Event) -> Worker | None:
-    """Ping the systemd watchdog until a worker exits or stopping is set.
+def _watch_workers(
+    workers: list[Worker], stopping: threading.Event, timeout_s: float
+) -> Worker | None:
+    """Ping the systemd watchdog until a worker fails or stopping is set.
 
-    Returns the worker that exited, or None when stopping was set.
+    Returns the worker that exited or sent no heartbeat for timeout_s, or
+    None when stopping was set. WATCHDOG=1 goes out only while every
+    worker's heartbeat is younger than HEARTBEAT_LATE_S (or timeout_s when
+    that is shorter).
     """
     watchdog_s = systemd.watchdog_interval_s()
+    late_s = min(HEARTBEAT_LATE_S, timeout_s)
     next_ping = time.monotonic()
     # Short waits, because a signal may arrive on a reader thread, and
     # Python runs its handler only once the main thread wakes.
@@ -208,20 +267,54 @@ def _wait_for_exit(workers: list[Worker], stopping: threading.Event) -> Worker |
         for worker in workers:
             if worker.process.poll() is not None:
                 return worker
-        if watchdog_s is not None and time.monotonic() >= next_ping:
+        all_fresh = True
+        for worker in workers:
+            age_s = time.monotonic() - worker.last_heartbeat
+            if age_s > timeout_s:
+                return worker
+            if age_s > late_s:
+                all_fresh = False
+            _log_heartbeat_state(worker, late=age_s > late_s, age_s=age_s)
+        if watchdog_s is not None and all_fresh and time.monotonic() >= next_ping:
             systemd.notify("WATCHDOG=1")
             next_ping = time.monotonic() + watchdog_s
     return None
 
 
-def _stop_workers(workers: list[Worker], timeout_s: float) -> None:
-    """Send SIGTERM to every running worker, then SIGKILL to those still running after timeout_s."""
+def _log_heartbeat_state(worker: Worker, *, late: bool, age_s: float) -> None:
+    """Log once when a worker's heartbeat becomes late and once when it arrives again."""
+    if late and not worker.heartbeat_late:
+        logger.warning(
+            "worker heartbeat late, holding back systemd watchdog pings "
+            "index=%d pid=%d seconds_since_heartbeat=%.1f",
+            worker.index,
+            worker.pid,
+            age_s,
+        )
+    elif not late and worker.heartbeat_late:
+        logger.info(
+            "worker heartbeat received again index=%d pid=%d", worker.index, worker.pid
+        )
+    worker.heartbeat_late = late
+
+
+def _stop_workers(
+    workers: list[Worker], timeout_s: float, hung: Sequence[Worker] = ()
+) -> None:
+    """Send SIGTERM to every running worker, then SIGKILL to those still running after timeout_s.
+
+    Workers in hung get SIGKILL at once, because a hung worker would not
+    stop on SIGTERM, and a stopped one (SIGSTOP) does not even handle it.
+    """
     running = [worker for worker in workers if worker.process.poll() is None]
     if running:
         logger.info("stopping workers count=%d timeout_s=%s", len(running), timeout_s)
     for worker in running:
         # Popen.send_signal signals the PID only while the child is unreaped.
-        worker.process.send_signal(signal.SIGTERM)
+        if worker in hung:
+            worker.process.kill()
+        else:
+            worker.process.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
     for worker in running:
         try:

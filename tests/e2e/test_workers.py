@@ -23,6 +23,9 @@ from sessiond_testing import (
 )
 
 import sessiond
+from sessiond_server import workers
+from sessiond_server.config import load_config, setting_names
+from sessiond_server.transport import StartError
 
 # Each client opens a TCP connection of its own. The kernel picks a worker
 # for each new connection by a hash of its addresses and ports, and the
@@ -30,6 +33,10 @@ import sessiond
 # two workers got none of them is 2 ** -39.
 MAX_CLIENTS = 40
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
+# Replaces the supervisor's 10 s WORKER_TIMEOUT_S, to keep the tests short
+# but above the 3 s after which a heartbeat counts as late.
+TEST_WORKER_TIMEOUT_S = 4.0
+TIMEOUT_VARIABLE = workers.WORKER_TIMEOUT_VARIABLE
 VERIFY_OK = 'sessiond_grpc_calls_total{code="OK",method="VerifySession"}'
 
 
@@ -295,3 +302,127 @@ def test_taken_port_fails_start(tmp_path: Path) -> None:
         last_line,
     ), last_line
     assert "sessiond listening on" not in result.stdout
+
+
+def test_frozen_worker_stops_daemon(
+    start_workers: Callable[..., WorkersDaemonProcess], tmp_path: Path
+) -> None:
+    daemon = start_workers(
+        _sqlite_url(tmp_path), env={TIMEOUT_VARIABLE: str(TEST_WORKER_TIMEOUT_S)}
+    )
+    assert daemon.process is not None
+    worker_pids = daemon.worker_pids()
+    frozen = worker_pids[0]
+
+    os.kill(frozen, signal.SIGSTOP)
+    frozen_at = time.monotonic()
+
+    # The supervisor notices within TEST_WORKER_TIMEOUT_S plus one 0.2 s
+    # poll, and SIGKILL ends the frozen worker at once. The rest is margin
+    # for a loaded machine and for the other worker's graceful stop.
+    assert daemon.process.wait(TEST_WORKER_TIMEOUT_S + 20) == 1
+    elapsed_s = time.monotonic() - frozen_at
+    assert elapsed_s >= TEST_WORKER_TIMEOUT_S - 1.5, elapsed_s
+    assert _wait_until_stopped(worker_pids, 5) == []
+    log = daemon.log()
+    assert re.search(
+        rf"worker sent no heartbeat, stopping every worker index=\d pid={frozen} "
+        rf"seconds_since_heartbeat=\d+\.\d timeout_s={TEST_WORKER_TIMEOUT_S}",
+        log,
+    ), log
+    assert re.search(
+        rf"worker stopped index=\d pid={frozen} status=signal SIGKILL", log
+    ), log
+    # The frozen worker is the only one named as failed.
+    assert log.count("worker sent no heartbeat") == 1
+    assert "worker exited on its own" not in log
+
+
+def _watchdog_pause(sock: socket.socket, pause_s: float, timeout_s: float) -> bool:
+    """Return whether pause_s passes with no WATCHDOG=1 on sock, within timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    last_ping = time.monotonic()
+    while time.monotonic() < deadline:
+        sock.settimeout(0.1)
+        try:
+            message = sock.recv(4096).decode()
+        except TimeoutError:
+            message = ""
+        now = time.monotonic()
+        if "WATCHDOG=1" in message:
+            last_ping = now
+        elif now - last_ping >= pause_s:
+            return True
+    return False
+
+
+def test_frozen_worker_stops_watchdog_pings(
+    start_workers: Callable[..., WorkersDaemonProcess], tmp_path: Path
+) -> None:
+    path = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(path)
+        sock.settimeout(10)
+        # The frozen worker must not end the daemon during this test.
+        daemon = start_workers(
+            _sqlite_url(tmp_path),
+            env={
+                "NOTIFY_SOCKET": path,
+                "WATCHDOG_USEC": "400000",
+                TIMEOUT_VARIABLE: "120",
+            },
+        )
+        assert daemon.process is not None
+        frozen = daemon.worker_pids()[1]
+        # WATCHDOG_USEC of 0.4 s means a ping every 0.2 s.
+        _notifications(sock, "WATCHDOG=1")
+
+        os.kill(frozen, signal.SIGSTOP)
+        try:
+            # Pings stop once the heartbeat is 3 s late, so a 2 s pause
+            # (ten ping intervals) must come within 3 s plus margin.
+            paused = _watchdog_pause(sock, pause_s=2.0, timeout_s=20.0)
+            assert daemon.process.poll() is None
+        finally:
+            os.kill(frozen, signal.SIGCONT)
+        assert paused, "the supervisor kept sending WATCHDOG=1 for a frozen worker"
+
+        # Heartbeats and pings come back once the worker runs again.
+        sock.settimeout(15)
+        _notifications(sock, "WATCHDOG=1")
+        assert daemon.stop() == 0
+
+    log = daemon.log()
+    assert re.search(
+        rf"worker heartbeat late, holding back systemd watchdog pings index=\d "
+        rf"pid={frozen} seconds_since_heartbeat=",
+        log,
+    ), log
+    assert re.search(rf"worker heartbeat received again index=\d pid={frozen}", log)
+    assert "worker sent no heartbeat" not in log
+
+
+def test_timeout_variable_not_a_setting() -> None:
+    # Every process reads SESSIOND_* variables as settings, so the test hook
+    # must stay out of that namespace.
+    assert TIMEOUT_VARIABLE.startswith("SESSIOND_")
+    assert TIMEOUT_VARIABLE[len("SESSIOND_") :].lower() not in setting_names()
+    config = load_config(environ={TIMEOUT_VARIABLE: "3"})
+    assert config == load_config(environ={})
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        pytest.param({}, workers.WORKER_TIMEOUT_S, id="unset"),
+        pytest.param({TIMEOUT_VARIABLE: "2.5"}, 2.5, id="set"),
+    ],
+)
+def test_worker_timeout_hook(environ: dict[str, str], expected: float) -> None:
+    assert workers.worker_timeout_s(environ) == expected
+
+
+@pytest.mark.parametrize("raw", ["", "soon", "0", "-1", "nan"])
+def test_worker_timeout_hook_invalid(raw: str) -> None:
+    with pytest.raises(StartError, match=f"{TIMEOUT_VARIABLE}=.* is invalid"):
+        workers.worker_timeout_s({TIMEOUT_VARIABLE: raw})
