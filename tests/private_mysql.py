@@ -233,6 +233,43 @@ class PrivateMysqlServer:
         self.process.wait(STOP_TIMEOUT_S)
         self.process = None
 
+    @property
+    def pid(self) -> int:
+        """Return the PID of the running ``mariadbd``."""
+        if not self.running:
+            raise PrivateMysqlError(f"server on port {self.port} is not running")
+        assert self.process is not None
+        return self.process.pid
+
+    def freeze(self) -> None:
+        """Send SIGSTOP to the server's PID: it keeps accepting TCP but never responds.
+
+        Call thaw() before stop(), which otherwise waits for a server that
+        cannot run.
+        """
+        os.kill(self.pid, signal.SIGSTOP)
+        # The signal takes effect when the kernel next schedules the server,
+        # so wait until every thread shows the stopped state (T).
+        deadline = time.monotonic() + 5
+        while not self._all_threads_stopped():
+            if time.monotonic() > deadline:
+                raise PrivateMysqlError(f"server pid {self.pid} did not stop")
+            time.sleep(0.01)
+
+    def _all_threads_stopped(self) -> bool:
+        for stat in Path(f"/proc/{self.pid}/task").glob("*/stat"):
+            try:
+                state = stat.read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                continue
+            if state != "T":
+                return False
+        return True
+
+    def thaw(self) -> None:
+        """Send SIGCONT to the server's PID after freeze()."""
+        os.kill(self.pid, signal.SIGCONT)
+
     def error_log_tail(self, lines: int = 30) -> str:
         if not self.error_log.exists():
             return "(no error log)"

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 ENV_PREFIX = "SESSIOND_"
 MIN_API_KEY_CHARS = 16
@@ -35,6 +35,8 @@ MAX_SESSION_DATA_LIMIT_BYTES = 64 * 1024 * 1024
 # and counts all live sessions of its user, whatever the value.
 MAX_SESSIONS_PER_USER_LIMIT = 1_000_000
 MAX_WORKERS = 64
+# Query parameters of a mysql:// database_url that the MySQL storage reads.
+MYSQL_URL_PARAMETERS = ("unix_socket",)
 
 
 class ConfigError(ValueError):
@@ -337,10 +339,37 @@ def _check_database_url(url: str) -> None:
             parts.port  # noqa: B018 - raises ValueError on a bad port
         except ValueError as exc:
             raise ConfigError(f"database_url: {exc}") from None
+        _check_mysql_url_parameters(parts.query)
         return
     raise ConfigError(
         f"database_url: scheme {parts.scheme!r} is not supported; use sqlite:///PATH or mysql://..."
     )
+
+
+def _check_mysql_url_parameters(query: str) -> None:
+    """Reject query parameters of a mysql:// URL that the storage would ignore.
+
+    Only parameter names appear in messages, because a value may be secret.
+    """
+    supported = ", ".join(MYSQL_URL_PARAMETERS)
+    seen: set[str] = set()
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name.lower().startswith(("ssl", "tls")):
+            raise ConfigError(
+                f"database_url: query parameter {name!r} is not supported, because "
+                "sessiond does not support TLS to MySQL yet; connect over a Unix "
+                "socket or a trusted network, and remove the parameter"
+            )
+        if name not in MYSQL_URL_PARAMETERS:
+            raise ConfigError(
+                f"database_url: query parameter {name!r} is not supported; "
+                f"the supported parameters are: {supported}"
+            )
+        if name in seen:
+            raise ConfigError(f"database_url: query parameter {name!r} is given twice")
+        if not value:
+            raise ConfigError(f"database_url: query parameter {name!r} needs a value")
+        seen.add(name)
 
 
 def redact_url(url: str) -> str:

@@ -167,7 +167,7 @@ def test_kill_9_keeps_acknowledged_writes(
 def test_lock_wait_retried_then_reported(
     start_daemon: Callable[..., DaemonProcess], mysql_url: str
 ) -> None:
-    daemon = start_daemon(mysql_url, db_timeout_s=2)
+    daemon = start_daemon(mysql_url, db_timeout_s=4)
     with daemon.client(timeout=30) as client:
         session = client.create_new_session("user-lock", None, {"v": 0})
         holder = mysql_connect(mysql_url)
@@ -178,8 +178,8 @@ def test_lock_wait_retried_then_reported(
                     "SELECT * FROM sessiond_sessions WHERE session_handle = %s FOR UPDATE",
                     (session.handle,),
                 )
-                # innodb_lock_wait_timeout is half of db_timeout_s, so each
-                # of the three attempts waits about 1 s before giving up.
+                # innodb_lock_wait_timeout is a quarter of db_timeout_s, so
+                # each of the three attempts waits about 1 s before giving up.
                 started = time.monotonic()
                 with pytest.raises(sessiond.UnavailableError, match="after 3 attempts"):
                     client.update_session_data(session.handle, {"v": 1})

@@ -165,6 +165,41 @@ BAD_FILE_VALUES = [
     ),
     pytest.param('database_url = "sqlite:///"', "database_url", id="sqlite-no-path"),
     pytest.param(
+        'database_url = "mysql://u:pw@127.0.0.1/db?ssl_mode=REQUIRED"',
+        "database_url",
+        id="mysql-ssl-mode",
+    ),
+    pytest.param(
+        'database_url = "mysql://u:pw@127.0.0.1/db?ssl=true"',
+        "database_url",
+        id="mysql-ssl",
+    ),
+    pytest.param(
+        'database_url = "mysql://u:pw@127.0.0.1/db?ssl_ca=/etc/ca.pem"',
+        "database_url",
+        id="mysql-ssl-ca",
+    ),
+    pytest.param(
+        'database_url = "mysql://u:pw@127.0.0.1/db?charset=latin1"',
+        "database_url",
+        id="mysql-charset",
+    ),
+    pytest.param(
+        'database_url = "mysql://u:pw@127.0.0.1/db?bogus=1"',
+        "database_url",
+        id="mysql-unknown-parameter",
+    ),
+    pytest.param(
+        'database_url = "mysql://u@127.0.0.1/db?unix_socket="',
+        "database_url",
+        id="mysql-unix-socket-empty",
+    ),
+    pytest.param(
+        'database_url = "mysql://u@127.0.0.1/db?unix_socket=/a&unix_socket=/b"',
+        "database_url",
+        id="mysql-unix-socket-twice",
+    ),
+    pytest.param(
         'signing_algorithm = "HS256"', "signing_algorithm", id="algorithm-hs256"
     ),
     pytest.param(
@@ -234,6 +269,36 @@ def test_file_bad_value_rejected(tmp_path: Path, line: str, setting: str) -> Non
         load_config(path, environ={})
 
     assert setting in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("parameter", "expected"),
+    [
+        ("ssl_mode", "TLS to MySQL"),
+        ("ssl", "TLS to MySQL"),
+        ("charset", "unix_socket"),
+        ("bogus", "unix_socket"),
+    ],
+)
+def test_mysql_url_parameter_rejected(parameter: str, expected: str) -> None:
+    url = f"mysql://app:hunter2secret@127.0.0.1/db?{parameter}=1"
+
+    with pytest.raises(ConfigError) as raised:
+        load_config(environ={}, overrides={"database_url": url})
+
+    message = str(raised.value)
+    assert message.startswith("database_url:")
+    assert repr(parameter) in message
+    assert expected in message
+    assert "hunter2secret" not in message
+
+
+def test_mysql_url_unix_socket_accepted() -> None:
+    url = "mysql://app:pw@127.0.0.1/db?unix_socket=/run/mysqld/mysqld.sock"
+
+    config = load_config(environ={}, overrides={"database_url": url})
+
+    assert config.database_url == url
 
 
 BAD_ENVIRON_VALUES = [

@@ -186,14 +186,16 @@ _INSERT_SESSION = (
 )
 
 
-def _session_row(record: SessionRecord) -> tuple[Any, ...]:
+def _session_row(
+    record: SessionRecord, text_parameter: Callable[[str, str], Any]
+) -> tuple[Any, ...]:
     """Return the values of _INSERT_SESSION for a session."""
     return (
         record.session_handle,
         record.user_id.encode("utf-8"),
         record.refresh_token_hash2,
-        record.access_token_payload.encode("utf-8"),
-        record.session_data.encode("utf-8"),
+        text_parameter("access_token_payload", record.access_token_payload),
+        text_parameter("session_data", record.session_data),
         record.data_version,
         record.created_at_ms,
         record.expires_at_ms,
@@ -319,6 +321,13 @@ class Storage(abc.ABC):
             results.append(StatementResult(cursor.rowcount, tuple(cursor.fetchall())))
         return results
 
+    def _text_parameter(self, field: str, text: str) -> Any:
+        """Return the parameter that stores text as UTF-8 bytes in a binary column.
+
+        field names the request field the text came from, for errors.
+        """
+        return text.encode("utf-8")
+
     def _insert_new_row(self, sql: str, params: Sequence[Any]) -> None:
         """Run one INSERT whose primary key the caller chose at random, as a write of its own.
 
@@ -410,7 +419,9 @@ class Storage(abc.ABC):
         """
         if max_sessions_per_user <= 0:
             # The handle is a new random UUID, so no other row has it.
-            self._insert_new_row(_INSERT_SESSION, _session_row(record))
+            self._insert_new_row(
+                _INSERT_SESSION, _session_row(record, self._text_parameter)
+            )
             return []
 
         def work(cursor: Cursor) -> list[str]:
@@ -428,7 +439,9 @@ class Storage(abc.ABC):
                     RevocationReason.EVICTED,
                     record.created_at_ms,
                 )
-            self._execute(cursor, _INSERT_SESSION, _session_row(record))
+            self._execute(
+                cursor, _INSERT_SESSION, _session_row(record, self._text_parameter)
+            )
             return evicted
 
         return self._write(work)
@@ -733,7 +746,10 @@ class Storage(abc.ABC):
         # version that did not match.
         condition = f"session_handle = ? AND {_LIVE}"
         live = (handle, now_ms, now_ms)
-        update_params: tuple[Any, ...] = (data.encode("utf-8"), *live)
+        update_params: tuple[Any, ...] = (
+            self._text_parameter("session_data", data),
+            *live,
+        )
         if expected_version is not None:
             condition += " AND data_version = ?"
             update_params += (expected_version,)
@@ -798,7 +814,10 @@ class Storage(abc.ABC):
             self._update_session(
                 cursor,
                 handle,
-                {"session_data": data.encode("utf-8"), "data_version": version},
+                {
+                    "session_data": self._text_parameter("session_data", data),
+                    "data_version": version,
+                },
             )
             return data, version
 
@@ -818,7 +837,13 @@ class Storage(abc.ABC):
             if session is None:
                 return None
             self._update_session(
-                cursor, handle, {"access_token_payload": payload.encode("utf-8")}
+                cursor,
+                handle,
+                {
+                    "access_token_payload": self._text_parameter(
+                        "access_token_payload", payload
+                    )
+                },
             )
             return dataclasses.replace(session, access_token_payload=payload)
 

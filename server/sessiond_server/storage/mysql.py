@@ -20,6 +20,16 @@ CLIENT_MULTI_STATEMENTS flag. Every statement here is a constant string
 whose values travel as PyMySQL parameters, which PyMySQL escapes, so no
 value can add a statement. A create without a per-user session cap is one
 INSERT in autocommit mode, which is atomic on its own.
+
+Size: session data and the access token payload travel as str, which
+PyMySQL escapes in place, and not as bytes, which it sends as a hex literal
+of twice their size. The connection's character set is utf8mb4, so the
+binary columns store the text's UTF-8 bytes. Each query is formatted here
+and compared with the server's max_allowed_packet before it is sent.
+
+Time: a call, with all its attempts, gets db_timeout_s in total. Every
+attempt caps the socket timeouts of its connection, and of any connection
+opened for it, to the time left, and no attempt starts once it is spent.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ import select
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -39,7 +50,7 @@ from dbutils.pooled_db import PooledDB
 from pymysql.constants import CLIENT
 
 from .. import metrics
-from ..errors import UnavailableError
+from ..errors import InvalidArgumentError, UnavailableError
 from .base import Cursor, StatementResult, Storage
 
 logger = logging.getLogger(__name__)
@@ -51,6 +62,16 @@ MAX_ATTEMPTS = 3
 DEADLOCK = 1213
 LOCK_WAIT_TIMEOUT = 1205
 DUPLICATE_KEY = 1062
+# ER_NET_PACKET_TOO_LARGE: a packet above the server's max_allowed_packet.
+# The server rejects the packet before running anything in it.
+PACKET_TOO_LARGE = 1153
+# The documented minimum of max_allowed_packet in MySQL 8 and MariaDB 10.11,
+# so a smaller query needs no check against the server's value.
+MIN_MAX_ALLOWED_PACKET = 1024
+# A connection or retry is not started with less time than this left.
+MIN_ATTEMPT_S = 0.01
+# A retry starts only with a lock wait plus this much of the budget left.
+RETRY_MARGIN_S = 0.5
 # Client and server error numbers meaning the connection is gone, so the
 # server rolled back whatever the transaction had done.
 CONNECTION_LOST = frozenset(
@@ -90,11 +111,23 @@ def _is_retryable(exc: BaseException) -> bool:
     )
 
 
+def lock_wait_timeout_s(timeout_s: float) -> int:
+    """Return innodb_lock_wait_timeout for db_timeout_s: a quarter of it, at least 1 s.
+
+    A lock wait then ends well inside the call's budget as a retryable
+    error, rather than as a socket timeout, which during a query that
+    carries COMMIT leaves the outcome unknown. A call has room for a retry.
+    """
+    return max(1, int(timeout_s // 4))
+
+
 def connect_arguments(url: str, timeout_s: float) -> dict[str, Any]:
     """Turn mysql://user:password@host:port/database?unix_socket=PATH into PyMySQL arguments."""
     parts = urlsplit(url)
     query = parse_qs(parts.query)
-    timeout = max(1, round(timeout_s))
+    # PyMySQL takes fractional seconds, but innodb_lock_wait_timeout takes
+    # whole seconds.
+    lock_wait_s = lock_wait_timeout_s(timeout_s)
     arguments: dict[str, Any] = {
         "host": parts.hostname or "127.0.0.1",
         "port": parts.port or 3306,
@@ -106,16 +139,16 @@ def connect_arguments(url: str, timeout_s: float) -> dict[str, Any]:
         # Report matched rows, not changed rows, from UPDATE. Allow several
         # statements in one COM_QUERY (see the module docstring).
         "client_flag": CLIENT.FOUND_ROWS | CLIENT.MULTI_STATEMENTS,
-        "connect_timeout": timeout,
-        "read_timeout": timeout,
-        "write_timeout": timeout,
+        "connect_timeout": timeout_s,
+        "read_timeout": timeout_s,
+        "write_timeout": timeout_s,
         # Strict mode on the session whatever the server default is, so a
         # value that does not fit is an error and never silently cut. Lock
         # waits end before the read timeout, so they surface as a retryable
         # lock wait timeout and not as a lost connection.
         "init_command": (
             "SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION', "
-            f"SESSION innodb_lock_wait_timeout = {max(1, timeout // 2)}"
+            f"SESSION innodb_lock_wait_timeout = {lock_wait_s}"
         ),
     }
     if "unix_socket" in query:
@@ -134,8 +167,13 @@ class MysqlStorage(Storage):
         self._pool_size = pool_size
         self._in_use = 0
         self._count_lock = threading.Lock()
+        # The server's max_allowed_packet in bytes, read on first need.
+        self._max_allowed_packet: int | None = None
+        # Per thread: the monotonic deadline of the running call, and the
+        # size and text fields of the last query it sent.
+        self._call = threading.local()
         self._pool = PooledDB(
-            creator=pymysql,
+            creator=self._connect,
             maxconnections=pool_size,
             maxcached=pool_size,
             blocking=False,
@@ -145,9 +183,119 @@ class MysqlStorage(Storage):
             **self._arguments,
         )
 
+    def _time_left(self) -> float:
+        """Return the seconds left of the running call's db_timeout_s budget."""
+        deadline: float | None = getattr(self._call, "deadline", None)
+        if deadline is None:
+            return self._timeout_s
+        return min(self._timeout_s, deadline - time.monotonic())
+
+    def _connect(self, **arguments: Any) -> Any:
+        """Open a PyMySQL connection whose timeouts end with the running call's budget.
+
+        DBUtils calls this for the pool, and again when it reconnects.
+        """
+        left = self._time_left()
+        if left < MIN_ATTEMPT_S:
+            raise pymysql.err.OperationalError(
+                2003, f"no time left of db_timeout_s = {self._timeout_s:g} s to connect"
+            )
+        for name in ("connect_timeout", "read_timeout", "write_timeout"):
+            arguments[name] = left
+        return pymysql.connect(**arguments)
+
+    def _cap_timeouts(self, connection: Any) -> None:
+        """Cap the read and write timeouts of a PyMySQL connection to the time left.
+
+        PyMySQL applies _read_timeout and _write_timeout to the socket before
+        each read and write, so changing them affects the next statement.
+        """
+        left = max(MIN_ATTEMPT_S, self._time_left())
+        connection._read_timeout = left
+        connection._write_timeout = left
+
+    def _format_query(self, cursor: Any, sql: str, params: Sequence[Any]) -> str:
+        """Return the query that sends sql with params, after checking its size.
+
+        cursor is a PyMySQL cursor, or a DBUtils cursor that passes mogrify
+        and connection through to one.
+
+        Raises:
+            InvalidArgumentError: the query is above the server's
+                max_allowed_packet, so the server would reject it.
+        """
+        texts = [value for value in params if isinstance(value, _FieldText)]
+        values = tuple(
+            value.text if isinstance(value, _FieldText) else value for value in params
+        )
+        query: str = cursor.mogrify(sql, values if values else None)
+        connection = cursor.connection
+        self._cap_timeouts(connection)
+        size = _utf8_size(query)
+        # The packet is the COM_QUERY command byte and the query.
+        if size + 1 > MIN_MAX_ALLOWED_PACKET:
+            limit = self._server_max_allowed_packet(connection)
+            if size + 1 > limit:
+                raise _packet_too_large(texts, size, limit)
+        self._call.sent = (size, texts)
+        return query
+
+    def _server_max_allowed_packet(self, connection: Any) -> int:
+        """Return the server's max_allowed_packet, read once per storage."""
+        if self._max_allowed_packet is None:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT @@max_allowed_packet")
+                self._max_allowed_packet = int(cursor.fetchone()[0])
+        return self._max_allowed_packet
+
+    def _rejected_as_too_large(self, exc: BaseException) -> InvalidArgumentError | None:
+        """Return the error to raise when exc means the last query was above max_allowed_packet.
+
+        MariaDB 10.11 rejects a packet above max_allowed_packet with error
+        1153, or resets the connection before the client has sent all of it. The
+        second case looks like a lost connection, so after one the limit is
+        read again on a new connection and compared with the query's size.
+        Either way the server ran nothing of that query.
+        """
+        sent: tuple[int, list[_FieldText]] | None = getattr(self._call, "sent", None)
+        if sent is None:
+            return None
+        size, texts = sent
+        if _error_number(exc) == PACKET_TOO_LARGE:
+            return _packet_too_large(texts, size, self._reread_max_allowed_packet())
+        if (
+            size + 1 <= MIN_MAX_ALLOWED_PACKET
+            or not _is_connection_lost(exc)
+            or _is_timeout(exc)
+        ):
+            return None
+        limit = self._reread_max_allowed_packet()
+        if limit is None or size + 1 <= limit:
+            return None
+        return _packet_too_large(texts, size, limit)
+
+    def _reread_max_allowed_packet(self) -> int | None:
+        """Read the server's max_allowed_packet again on a new connection, or return None."""
+        self._max_allowed_packet = None
+        if self._time_left() < MIN_ATTEMPT_S:
+            return None
+        try:
+            connection = self._connect(**self._arguments)
+        except pymysql.err.MySQLError:
+            return None
+        try:
+            return self._server_max_allowed_packet(connection)
+        except pymysql.err.MySQLError:
+            return None
+        finally:
+            connection.close()
+
+    def _text_parameter(self, field: str, text: str) -> Any:
+        return _FieldText(field, text)
+
     @contextlib.contextmanager
     def _connection(self) -> Iterator[Any]:
-        if not self._slots.acquire(timeout=self._timeout_s):
+        if not self._slots.acquire(timeout=max(0.0, self._time_left())):
             metrics.DATABASE_ERRORS.labels("pool_timeout").inc()
             raise UnavailableError(
                 f"no database connection became free within {self._timeout_s} s; "
@@ -173,7 +321,7 @@ class MysqlStorage(Storage):
         retry a direct connection finds the cause, such as a locked account.
         """
         try:
-            pymysql.connect(**self._arguments).close()
+            self._connect(**self._arguments).close()
         except pymysql.err.MySQLError as exc:
             return f"cannot connect: {_describe(exc)}; check the server and the account"
         return None
@@ -182,20 +330,39 @@ class MysqlStorage(Storage):
         return self._in_use, self._pool_size
 
     def _run(self, work: Callable[[Cursor], T], *, transaction: bool) -> T:
+        # _insert_new_row runs inside no other call, so one deadline per
+        # thread is enough.
+        self._call.deadline = time.monotonic() + self._timeout_s
+        try:
+            return self._attempts(work, transaction=transaction)
+        finally:
+            self._call.deadline = None
+            self._call.sent = None
+
+    def _attempts(self, work: Callable[[Cursor], T], *, transaction: bool) -> T:
+        last_error: BaseException | None = None
         for attempt in range(1, MAX_ATTEMPTS + 1):
+            if self._time_left() < MIN_ATTEMPT_S:
+                raise self._timed_out(last_error) from last_error
             statements: _TransactionCursor | None = None
+            self._call.sent = None
             try:
                 with self._connection() as connection:
                     if attempt > 1 or (transaction and _closed_by_server(connection)):
-                        _replace_if_dead(connection)
+                        self._replace_if_dead(connection)
                     cursor = connection.cursor()
                     try:
                         if not transaction:
-                            return work(cursor)
-                        statements = _TransactionCursor(cursor)
+                            # No failover by DBUtils: its extra attempts
+                            # would each wait a full timeout, and this loop
+                            # retries within the call's budget instead.
+                            with cursor.no_failover():
+                                return work(cursor)
+                        statements = _TransactionCursor(cursor, self._format_query)
                         result = work(statements)
                         if statements.begun and not statements.committed:
                             statements.committing = True
+                            self._cap_timeouts(_pymysql_connection(connection))
                             connection.commit()
                         return result
                     except BaseException as exc:
@@ -210,12 +377,21 @@ class MysqlStorage(Storage):
                         with contextlib.suppress(Exception):
                             cursor.close()
             except (pymysql.err.OperationalError, pymysql.err.InterfaceError) as exc:
+                last_error = exc
                 metrics.DATABASE_ERRORS.labels(_error_kind(exc)).inc()
+                too_large = self._rejected_as_too_large(exc)
+                if too_large is not None:
+                    raise too_large from exc
                 committing = statements is not None and statements.committing
                 if committing and _is_connection_lost(exc):
+                    cause = (
+                        f"the database did not respond to COMMIT within db_timeout_s = "
+                        f"{self._timeout_s:g} s"
+                        if _is_timeout(exc)
+                        else "database connection lost during COMMIT"
+                    )
                     raise UnavailableError(
-                        "database connection lost during COMMIT; the write may or may not "
-                        "have been applied"
+                        f"{cause}; the write may or may not have been applied"
                     ) from exc
                 if not _is_retryable(exc):
                     # Access denied, a locked account, a missing grant or
@@ -229,6 +405,13 @@ class MysqlStorage(Storage):
                         f"database call failed after {MAX_ATTEMPTS} attempts: "
                         f"{self._connection_failure() or _describe(exc)}"
                     ) from exc
+                # A retry may wait for a row lock as long as the first
+                # attempt did, so it starts only with that much time left.
+                if (
+                    self._time_left()
+                    < lock_wait_timeout_s(self._timeout_s) + RETRY_MARGIN_S
+                ):
+                    raise self._timed_out(exc) from exc
                 metrics.DATABASE_RETRIES.inc()
                 logger.warning(
                     "database call failed, retrying attempt=%d error=%s message=%s",
@@ -239,6 +422,29 @@ class MysqlStorage(Storage):
                 time.sleep(random.uniform(0.005, 0.02) * attempt)
         raise AssertionError("unreachable")
 
+    def _timed_out(self, exc: BaseException | None) -> UnavailableError:
+        detail = f"; last error: {_describe(exc)}" if exc is not None else ""
+        return UnavailableError(
+            f"the database did not respond within db_timeout_s = {self._timeout_s:g} s"
+            f"{detail}; check that the server is up and not overloaded"
+        )
+
+    def _replace_if_dead(self, connection: Any) -> None:
+        """Reconnect a pooled connection that the server has closed.
+
+        The pool may hold several such connections (after wait_timeout, KILL
+        or a restart), so a retry checks the one it got. A failed ROLLBACK
+        makes DBUtils open a new connection in place of the dead one, through
+        _connect, so within the call's budget.
+        """
+        raw = _pymysql_connection(connection)
+        if raw is not None:
+            self._cap_timeouts(raw)
+        try:
+            connection.ping()
+        except pymysql.err.MySQLError:
+            _rollback(connection)
+
     def _read(self, work: Callable[[Cursor], T]) -> T:
         return self._run(work, transaction=False)
 
@@ -246,13 +452,16 @@ class MysqlStorage(Storage):
         return self._run(work, transaction=True)
 
     def _execute(self, cursor: Cursor, sql: str, params: Sequence[Any] = ()) -> None:
-        cursor.execute(sql.replace("?", "%s"), tuple(params) if params else None)
+        if isinstance(cursor, _TransactionCursor):
+            cursor.execute(sql.replace("?", "%s"), params)
+        else:
+            cursor.execute(self._format_query(cursor, sql.replace("?", "%s"), params))
 
     def _execute_and_commit(
         self, cursor: Cursor, sql: str, params: Sequence[Any] = ()
     ) -> None:
-        cursor.execute(
-            sql.replace("?", "%s"), tuple(params) if params else None, commit=True
+        cast(_TransactionCursor, cursor).execute(
+            sql.replace("?", "%s"), params, commit=True
         )
 
     def _execute_all_and_commit(
@@ -322,8 +531,11 @@ class _TransactionCursor:
     connection, because there they would run outside the transaction.
     """
 
-    def __init__(self, cursor: Any) -> None:
+    def __init__(
+        self, cursor: Any, format_query: Callable[[Any, str, Sequence[Any]], str]
+    ) -> None:
         self._cursor = cursor
+        self._format_query = format_query
         # BEGIN was sent, so a transaction may be open.
         self.begun = False
         # COMMIT was sent, so after a lost connection its outcome is unknown.
@@ -336,7 +548,9 @@ class _TransactionCursor:
         self._rows: Sequence[Any] = ()
         self._next_row = 0
 
-    def execute(self, sql: str, args: Any, *, commit: bool = False) -> None:
+    def execute(
+        self, sql: str, args: Sequence[Any] | None, *, commit: bool = False
+    ) -> None:
         self.execute_all([(sql, args or ())], commit=commit)
 
     def execute_all(
@@ -352,10 +566,19 @@ class _TransactionCursor:
             parts.insert(0, "BEGIN")
         if commit:
             parts.append("COMMIT")
+        # Formatting checks the size, and raises before anything is sent.
+        query = self._format_query(self._cursor, "; ".join(parts), args)
+        if commit:
             self.committing = True
         self.begun = True
-        with self._cursor.no_failover():
-            self._cursor.execute("; ".join(parts), tuple(args) if args else None)
+        try:
+            with self._cursor.no_failover():
+                self._cursor.execute(query)
+        except pymysql.err.InterfaceError:
+            # PyMySQL raises InterfaceError for a connection it had already
+            # closed, before it sends anything, so COMMIT was not sent.
+            self.committing = False
+            raise
         # The server runs the statements in order and stops at the first
         # error, which PyMySQL raises when it reads that statement's result.
         if with_begin:
@@ -394,6 +617,57 @@ def _is_duplicate_primary_key(exc: pymysql.err.IntegrityError) -> bool:
     return _error_number(exc) == DUPLICATE_KEY and "PRIMARY'" in str(exc.args[-1])
 
 
+@dataclass(frozen=True)
+class _FieldText:
+    """Text for a binary column, and the request field it came from."""
+
+    field: str
+    text: str
+
+
+def _utf8_size(text: str) -> int:
+    # PyMySQL encodes queries as UTF-8 with surrogateescape.
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogateescape"))
+
+
+def _packet_too_large(
+    texts: Sequence[_FieldText], size: int, limit: int | None
+) -> InvalidArgumentError:
+    """Build the error for a query above the server's max_allowed_packet.
+
+    The error names the largest text field of the query, which is what made
+    it large. limit is None when the server rejected the query without
+    saying its limit.
+    """
+    field = max(texts, key=lambda text: len(text.text)).field if texts else "request"
+    setting = f"max_{field}_bytes" if texts else "the size of the request"
+    server_limit = (
+        f"above the server's max_allowed_packet of {limit} bytes"
+        if limit is not None
+        else "above the server's max_allowed_packet"
+    )
+    return InvalidArgumentError(
+        field,
+        f"the MySQL query that stores it would be {size + 1} bytes, {server_limit}, "
+        f"so nothing was written; raise max_allowed_packet on the MySQL server "
+        f"or lower {setting}",
+    )
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    """Return whether exc is a socket timeout, which PyMySQL reports as a lost connection."""
+    # PyMySQL writes the socket error into the message, for example "Lost
+    # connection to MySQL server during query (timed out)".
+    message = str(exc.args[-1]) if exc.args else ""
+    return _is_connection_lost(exc) and "timed out" in message
+
+
+def _pymysql_connection(connection: Any) -> Any:
+    """Return the PyMySQL connection inside a pooled DBUtils connection, or None."""
+    # PooledDB's wrapper wraps a SteadyDB connection, which wraps PyMySQL's.
+    return getattr(getattr(connection, "_con", None), "_con", None)
+
+
 def _describe(exc: BaseException) -> str:
     message = exc.args[-1] if exc.args else ""
     return f"MySQL error {_error_number(exc)}: {message or type(exc).__name__}"
@@ -419,19 +693,6 @@ def _closed_by_server(connection: Any) -> bool:
     except (OSError, ValueError):
         return True
     return bool(readable)
-
-
-def _replace_if_dead(connection: Any) -> None:
-    """Reconnect a pooled connection that the server has closed.
-
-    The pool may hold several such connections (after wait_timeout, KILL or a
-    restart), so a retry checks the one it got. A failed ROLLBACK makes
-    DBUtils open a new connection in place of the dead one.
-    """
-    try:
-        connection.ping()
-    except pymysql.err.MySQLError:
-        _rollback(connection)
 
 
 def _error_kind(exc: BaseException) -> str:
