@@ -59,10 +59,14 @@ def _reported_by_daemon(error: grpc.Call) -> bool:
 
 
 def is_retryable(error: grpc.RpcError) -> bool:
-    """True for UNAVAILABLE from the transport: the daemon was not reached, or went away."""
+    """True for UNAVAILABLE from the transport, or CANCELLED by a daemon shutting down.
+
+    Either way the daemon was not reached or went away. The SDK never
+    cancels a call it waits for, so a CANCELLED status comes from the daemon.
+    """
     return (
         isinstance(error, grpc.Call)
-        and error.code() == grpc.StatusCode.UNAVAILABLE
+        and error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
         and not _reported_by_daemon(error)
     )
 

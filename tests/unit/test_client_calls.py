@@ -226,6 +226,16 @@ def test_deadline_bounds_the_retries() -> None:
     assert attempts.timeout_s() == 0.0
 
 
+def test_shutdown_cancel_is_unavailable_and_retried() -> None:
+    # A daemon that is shutting down cancels the calls still queued.
+    cancelled = rpc_error(grpc.StatusCode.CANCELLED, "Cancelled")
+
+    assert is_retryable(cancelled)
+    error = from_rpc_error(cancelled)
+    assert isinstance(error, sessiond.UnavailableError)
+    assert error.code == grpc.StatusCode.CANCELLED
+
+
 @pytest.mark.parametrize(
     "error",
     [
