@@ -442,6 +442,50 @@ def test_merge_deep_patch_no_internal_error(
         assert response.data_version == 2
 
 
+@pytest.mark.parametrize(
+    ("data_json", "expected"),
+    [
+        pytest.param("[" + "9" * 5000 + "]", "5000 digits", id="long-integer"),
+        pytest.param("[" * 990 + "]" * 990, "too deeply", id="deep-nesting"),
+    ],
+)
+def test_parser_limit_leaves_data(
+    client: sessiond.SessionClient,
+    raw_stub: session_pb2_grpc.SessionServiceStub,
+    data_json: str,
+    expected: str,
+) -> None:
+    session = client.create_new_session("user-parser-limit", None, {"a": 1})
+    request = pb.UpdateSessionDataRequest(
+        session_handle=session.handle, session_data_json=data_json
+    )
+
+    error = raw_error(lambda: raw_stub.UpdateSessionData(request, timeout=10))
+
+    assert isinstance(error, sessiond.InvalidArgumentError)
+    assert error.field == "session_data"
+    assert expected in str(error)
+    assert client.get_session_data_versioned(session.handle) == sessiond.SessionData(
+        {"a": 1}, 1
+    )
+
+
+def test_wrong_type_version_leaves_data(client: sessiond.SessionClient) -> None:
+    session = client.create_new_session("user-wrong-type", None, {"a": 1})
+
+    with pytest.raises(sessiond.InvalidArgumentError) as raised:
+        client.update_session_data(
+            session.handle,
+            {"a": 2},
+            expected_version="1",  # type: ignore[arg-type]
+        )
+
+    assert raised.value.field == "expected_version"
+    assert client.get_session_data_versioned(session.handle) == sessiond.SessionData(
+        {"a": 1}, 1
+    )
+
+
 # -- access token payload -----------------------------------------------------
 
 
