@@ -320,7 +320,7 @@ def render(results: Results, plot_written: bool) -> str:
         "larger.",
         "- The gRPC floor is one empty unary call (bytes in, bytes out, no protobuf) "
         "to a Python server in a process of its own (bench/floor_server.py), as the "
-        "daemon runs in its own, so the server's threads do not compete with the "
+        "daemon runs in its own. So the server's threads do not compete with the "
         "bench's client threads for one GIL. That server has a thread pool of "
         f"grpc_workers ({getattr(config, 'grpc_workers', '?')}) threads and the "
         "daemon's server options, but none of the daemon's interceptors. The health "

@@ -321,6 +321,6 @@ def worker_lines(run: ReplicaRun | None) -> list[str]:
         "",
         f"The workers, the MariaDB server and the bench's client threads share "
         f"this machine's {os.cpu_count()} cores, and the client is one Python "
-        "process, so a ratio above 1 shows how much of the machine one daemon "
+        "process. So a ratio above 1 shows how much of the machine one daemon "
         "process leaves unused, not how workers scale on a larger host.",
     ]

@@ -117,7 +117,7 @@ _BY_REASON: dict[str, type[SessionError]] = {
     "TRY_REFRESH_TOKEN": TryRefreshTokenError,
     "UNAVAILABLE": UnavailableError,
 }
-# Codes that mean the daemon could not answer. CANCELLED is among them
+# Codes that mean the daemon could not respond. CANCELLED is among them
 # because the SDK never cancels a call it waits for: a daemon that is
 # shutting down cancels the calls still queued.
 _TRANSPORT_UNAVAILABLE = (

@@ -331,7 +331,7 @@ class Daemon:
         try:
             os.write(sys.stdout.fileno(), f"{HEARTBEAT_LINE}\n".encode())
         except OSError as exc:
-            # The supervisor has exited. The main thread sees its stdin
+            # The supervisor has exited. The main thread finds its stdin
             # closed within 0.5 s and stops this worker.
             logger.warning("heartbeat write failed error=%s", exc)
 

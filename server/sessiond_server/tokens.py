@@ -44,7 +44,7 @@ _BODY_BYTES = 1 + 16 + _NONCE_BYTES + 1
 _MAX_REFRESH_TOKEN_CHARS = 256
 _REQUIRED_CLAIMS = ["exp", "iat", "iss", "sub", "sid", "rth"]
 # Longer tokens (large payloads) are checked in full on every verify, so
-# the verified-token cache holds at most its size times this many characters.
+# the verified-token cache keeps at most its size times this many characters.
 MAX_CACHED_TOKEN_CHARS = 2048
 
 

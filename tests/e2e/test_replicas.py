@@ -140,9 +140,9 @@ def test_idle_replica_lists_rotated_key(
 def test_idle_replica_never_lists_no_key(
     start_daemon: Callable[..., DaemonProcess], database_url: str
 ) -> None:
-    # A key signs for 1 s and then verifies for the token lifetime plus 2 s
-    # (the time other daemons may go on signing with it), so without a new
-    # key the set would be empty about 4 s after start.
+    # A key signs for 1 s and then verifies for the token lifetime plus 2 s,
+    # the time other daemons may go on signing with it. Without a new key
+    # the set would be empty about 4 s after start.
     daemon = start_daemon(
         database_url,
         key_rotation_interval_s=1,
