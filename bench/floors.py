@@ -52,8 +52,8 @@ def daemon_server_options(config: Config) -> list[tuple[str, Any]]:
 
 
 @contextlib.contextmanager
-def floor_grpc_server(config: Config) -> Iterator[str]:
-    """Start floor_server.py in a child process and yield its loopback address.
+def floor_grpc_server(config: Config) -> Iterator[tuple[str, int]]:
+    """Start floor_server.py in a child process and yield its loopback address and PID.
 
     The child has config.grpc_workers threads and the daemon's server
     options. On exit it closes the child's stdin, sends SIGTERM to the
@@ -74,7 +74,7 @@ def floor_grpc_server(config: Config) -> Iterator[str]:
     )
     try:
         port = _read_port(child)
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}", child.pid
     finally:
         _end_child(child)
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from cpu import CpuMeter
 
 # A worker's setup returns the call to time. The call raises Exhausted when
 # it has no input left (for example, no unrevoked session), which ends that
@@ -31,6 +33,9 @@ class Measurement:
     concurrency: int
     elapsed_s: float
     latencies_s: tuple[float, ...]
+    # CPU seconds each named process spent between the common start and the
+    # last thread's stop; empty when the measurement read none.
+    cpu_s: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def count(self) -> int:
@@ -59,6 +64,12 @@ class Measurement:
     def max_ms(self) -> float:
         return self.latencies_s[-1] * 1000 if self.latencies_s else math.nan
 
+    def cpu_us_per_call(self, process: str) -> float | None:
+        """Return the CPU microseconds process spent per call, or None if not read."""
+        if process not in self.cpu_s or not self.latencies_s:
+            return None
+        return self.cpu_s[process] / self.count * 1_000_000
+
 
 class MeasurementError(RuntimeError):
     """A worker's setup or call raised; the message names the measurement."""
@@ -71,20 +82,26 @@ def measure(
     concurrency: int,
     seconds: float,
     max_calls: int = MAX_CALLS_PER_MEASUREMENT,
+    cpu_pids: Mapping[str, int] | None = None,
 ) -> Measurement:
     """Time calls from concurrency threads until seconds pass or max_calls are made.
 
     Each thread runs setup(index) first, then WARMUP_CALLS untimed calls,
     then waits for the others, so the clock starts with every thread ready.
     The elapsed time runs from that common start to the last thread's stop.
+    With cpu_pids, the CPU time of each named process and of the bench
+    process over that span goes into the result's cpu_s.
 
     Raises:
         MeasurementError: a setup or a call raised anything but Exhausted.
     """
     per_thread_calls = max(1, max_calls // concurrency)
     started_at = [0.0]
+    meter = CpuMeter(cpu_pids) if cpu_pids else None
 
     def start_clock() -> None:
+        if meter is not None:
+            meter.start()
         started_at[0] = time.perf_counter()
 
     # The barrier runs start_clock once, before it releases any thread, so
@@ -137,6 +154,7 @@ def measure(
         pass
     for thread in threads:
         thread.join()
+    cpu_s = meter.stop() if meter is not None and not errors else {}
     if errors:
         first = errors[0]
         raise MeasurementError(
@@ -144,7 +162,7 @@ def measure(
         ) from first
     elapsed = max(stopped_at) - started_at[0]
     merged = sorted(value for own in latencies for value in own)
-    return Measurement(name, concurrency, elapsed, tuple(merged))
+    return Measurement(name, concurrency, elapsed, tuple(merged), cpu_s)
 
 
 def _exhausted() -> None:

@@ -13,7 +13,6 @@ process used during a measurement shows how the calls were spread.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,16 +73,6 @@ def replica_setups(client_for: ClientFor) -> dict[str, Callable[[], WorkerSetup]
         "get data": lambda: operations.get_data(client_for),
         "update data": lambda: operations.update_data(client_for),
     }
-
-
-def cpu_seconds(pid: int) -> float:
-    """Return the user plus system CPU time of process pid from /proc/PID/stat."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-        # The command name, in brackets, may contain spaces, so split after it.
-        fields = stat.read().rsplit(")", 1)[1].split()
-    # utime and stime are the 14th and 15th fields, counted from pid as 1.
-    ticks = int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_shares(before: Sequence[float], after: Sequence[float]) -> tuple[float, ...]:

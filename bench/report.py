@@ -393,7 +393,19 @@ def render(results: Results, plot_written: bool) -> str:
             "No plot: matplotlib is not installed. `make bench` installs it (the `bench` extra).",
             "",
         ]
+    # Imported here because cpu_report and scale_report import this module.
+    import cpu_report
+    import scale_report
+
     lines += [
+        "## CPU time per call",
+        "",
+        *cpu_report.cpu_lines(results),
+        "",
+        "## Targets",
+        "",
+        *cpu_report.target_lines(results),
+        "",
         "## Signing algorithms",
         "",
         "PyJWT encode and decode with loaded key objects, one thread, claims shaped "
@@ -416,9 +428,6 @@ def render(results: Results, plot_written: bool) -> str:
             "20000,100000` measures the RSS after 100,000 creates.",
             "",
         ]
-    # Imported here because scale_report imports this module.
-    import scale_report
-
     lines += scale_report.scale_lines(results)
     return "\n".join(lines)
 

@@ -20,6 +20,7 @@ from cleanup import (
     split_windows,
     watch_cleanup,
 )
+from cpu import process_cpu_s
 from growth import EXPIRED_SHARE, GROWTH_OPERATIONS, Growth, GrowthPoint
 from harness import Measurement
 from operations import ClientFor
@@ -30,14 +31,13 @@ from replicas import (
     ROUND_ROBIN_OPTIONS,
     WORKER_OPERATIONS,
     ReplicaRun,
-    cpu_seconds,
     cpu_shares,
     replica_setups,
     round_robin_target,
 )
 from report import Results
 from sessiond_testing import DaemonProcess, WorkersDaemonProcess
-from suite import Suite
+from suite import Suite, daemon_pid
 
 from sessiond_server.config import Config
 from sessiond_server.storage import open_storage
@@ -247,7 +247,7 @@ class ScaleSuite(Suite):
             one_address=addresses[0],
             spread_label=f"{len(daemons)} replicas",
             spread_options=ROUND_ROBIN_OPTIONS,
-            pids=[_pid(daemon) for daemon in daemons],
+            pids=[daemon_pid(daemon) for daemon in daemons],
         )
         return run
 
@@ -314,22 +314,17 @@ class ScaleSuite(Suite):
                             ONE_DAEMON if label == ONE_DAEMON else spread_label
                         )
                         setup = replica_setups(client_for)[name]()
-                        before = [cpu_seconds(pid) for pid in pids]
+                        before = [process_cpu_s(pid) for pid in pids]
                         found = self._measure(
                             f"{printed_label}: {name}", setup, concurrency
                         )
-                        after = [cpu_seconds(pid) for pid in pids]
+                        after = [process_cpu_s(pid) for pid in pids]
                         stored = _keep_faster(run.measurements, (label, name), found)
                         if stored and label == ALL_REPLICAS:
                             run.cpu_shares[name] = cpu_shares(before, after)
         for name, shares in run.cpu_shares.items():
             text = ", ".join(f"{share:.0%}" for share in shares)
             print(f"{spread_label} CPU shares during {name}: {text}", flush=True)
-
-
-def _pid(daemon: DaemonProcess) -> int:
-    assert daemon.process is not None
-    return daemon.process.pid
 
 
 def _keep_faster(kept: dict[Any, Measurement], key: Any, found: Measurement) -> bool:

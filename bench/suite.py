@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import grpc
 import operations
+from cpu import DAEMON, DATABASE, FLOOR_SERVER
 from floors import SqlFloor, empty_call, floor_grpc_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from harness import Measurement, WorkerSetup, measure
@@ -48,8 +49,20 @@ class Suite:
         self._concurrencies = concurrencies
         self._results = results
 
-    def _measure(self, label: str, setup: WorkerSetup, concurrency: int) -> Measurement:
-        result = measure(label, setup, concurrency=concurrency, seconds=self._seconds)
+    def _measure(
+        self,
+        label: str,
+        setup: WorkerSetup,
+        concurrency: int,
+        cpu_pids: Mapping[str, int] | None = None,
+    ) -> Measurement:
+        result = measure(
+            label,
+            setup,
+            concurrency=concurrency,
+            seconds=self._seconds,
+            cpu_pids=cpu_pids,
+        )
         print(
             f"{label:42} c={concurrency:<3} {result.ops_per_s:9.0f} ops/s  "
             f"p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  "
@@ -139,25 +152,27 @@ class Suite:
 
     # -- floors ---------------------------------------------------------------
 
-    def measure_grpc_floors(self, daemon_address: str) -> None:
+    def measure_grpc_floors(self, daemon: DaemonProcess) -> None:
         """Time an empty call to a floor server in a child process, and a health check on the daemon."""
-        with floor_grpc_server(self._config) as floor_address:
+        with floor_grpc_server(self._config) as (floor_address, floor_pid):
             for concurrency in self._concurrencies:
                 with self._channels(floor_address, concurrency) as channel_for:
                     self._keep_faster_floor(
                         GRPC_FLOOR,
                         lambda index: empty_call(channel_for(index)),
                         concurrency,
+                        {FLOOR_SERVER: floor_pid},
                     )
         for concurrency in self._concurrencies:
-            with self._channels(daemon_address, concurrency) as channel_for:
+            with self._channels(daemon.address, concurrency) as channel_for:
                 self._keep_faster_floor(
                     HEALTH_FLOOR,
                     lambda index: _health_check(channel_for(index)),
                     concurrency,
+                    {DAEMON: daemon_pid(daemon)},
                 )
 
-    def measure_sql_floors(self, url: str) -> None:
+    def measure_sql_floors(self, url: str, database_pid: int) -> None:
         floor = SqlFloor(url, self._config)
         try:
             for concurrency in self._concurrencies:
@@ -171,12 +186,18 @@ class Suite:
                     ),
                 }
                 for name, setup in setups.items():
-                    self._keep_faster_floor(name, setup, concurrency)
+                    self._keep_faster_floor(
+                        name, setup, concurrency, {DATABASE: database_pid}
+                    )
         finally:
             floor.close()
 
     def _keep_faster_floor(
-        self, name: str, setup: WorkerSetup, concurrency: int
+        self,
+        name: str,
+        setup: WorkerSetup,
+        concurrency: int,
+        cpu_pids: Mapping[str, int],
     ) -> None:
         """Measure a floor and keep it unless an earlier round of the same floor was faster.
 
@@ -184,7 +205,7 @@ class Suite:
         so a burst of other load on the machine during one round does not
         lower the floor that the ratios use.
         """
-        found = self._measure(f"floor: {name}", setup, concurrency)
+        found = self._measure(f"floor: {name}", setup, concurrency, cpu_pids)
         earlier = self._results.floors.get((name, concurrency))
         if earlier is None or found.ops_per_s > earlier.ops_per_s:
             self._results.floors[name, concurrency] = found
@@ -194,13 +215,26 @@ class Suite:
 
     # -- SDK operations -----------------------------------------------------
 
-    def measure_operations(self, backend: str, address: str) -> None:
+    def measure_operations(
+        self, backend: str, daemon: DaemonProcess, database_pid: int | None = None
+    ) -> None:
+        """Time every operation on daemon; database_pid names a database server to read CPU time of."""
+        cpu_pids = {DAEMON: daemon_pid(daemon)}
+        if database_pid is not None:
+            cpu_pids[DATABASE] = database_pid
         for concurrency in self._concurrencies:
-            with self._clients(address, concurrency) as client_for:
-                self._measure_at(backend, address, concurrency, client_for)
+            with self._clients(daemon.address, concurrency) as client_for:
+                self._measure_at(
+                    backend, daemon.address, concurrency, client_for, cpu_pids
+                )
 
     def _measure_at(
-        self, backend: str, address: str, concurrency: int, client_for: ClientFor
+        self,
+        backend: str,
+        address: str,
+        concurrency: int,
+        client_for: ClientFor,
+        cpu_pids: Mapping[str, int],
     ) -> None:
         handles: list[str] = []
         local_client = sessiond.SessionClient(address, local_verification=True)
@@ -234,7 +268,10 @@ class Suite:
                     continue
                 self._results.operations[backend, spec.name, concurrency] = (
                     self._measure(
-                        f"{backend}: {spec.name}", setups[spec.name](), concurrency
+                        f"{backend}: {spec.name}",
+                        setups[spec.name](),
+                        concurrency,
+                        cpu_pids,
                     )
                 )
         finally:
@@ -260,11 +297,10 @@ class Suite:
     def measure_rss(
         self, daemon: DaemonProcess, checkpoints: list[int]
     ) -> list[RssSample]:
-        assert daemon.process is not None
         concurrency = max(self._concurrencies)
         with self._clients(daemon.address, concurrency) as client_for:
             samples = sample_rss(
-                daemon.process.pid,
+                daemon_pid(daemon),
                 client_for,
                 checkpoints,
                 concurrency=concurrency,
@@ -276,6 +312,12 @@ class Suite:
                 flush=True,
             )
         return samples
+
+
+def daemon_pid(daemon: DaemonProcess) -> int:
+    if daemon.process is None:
+        raise RuntimeError(f"the daemon on {daemon.address} is not running")
+    return daemon.process.pid
 
 
 def _health_check(channel: grpc.Channel) -> Callable[[], Any]:

@@ -179,3 +179,38 @@ def test_bench_page_has_worker_rows(bench_output: Path) -> None:
         shares = row.rstrip(" |").rsplit("|", 1)[1].split(" / ")
         assert len(shares) == 2, row
         assert all(share.strip() != "0%" for share in shares), row
+
+
+def _row_cells(section: str, label: str) -> list[str]:
+    """Return the cells of the table row whose first cell is label."""
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if cells[0] == label:
+            return cells
+    raise AssertionError(f"no row for {label!r} in:\n{section}")
+
+
+def test_bench_page_has_cpu_time_per_call(bench_output: Path) -> None:
+    page = (bench_output / "benchmarks.md").read_text(encoding="utf-8")
+    cpu = _section(page, "CPU time per call")
+    empty = _row_cells(cpu, f"floor: {FLOORS[0]}")
+    # The floor server and the bench client both did work for every call.
+    server, client = empty[2], empty[4]
+    assert float(server.replace(",", "")) > 0, empty
+    assert float(client.replace(",", "")) > 0, empty
+    assert empty[6] == "1.0x", empty
+    for operation in OPERATIONS:
+        cells = _row_cells(cpu, f"MariaDB: {operation}")
+        # Every MariaDB operation but verify reaches the database server.
+        assert cells[3] != "-", cells
+        if operation != "verify":
+            assert float(cells[3].replace(",", "")) > 0, cells
+        assert _row_cells(cpu, f"SQLite: {operation}")[3] == "-"
+
+
+def test_bench_page_has_targets(bench_output: Path) -> None:
+    page = (bench_output / "benchmarks.md").read_text(encoding="utf-8")
+    targets = _section(page, "Targets")
+    for operation in ("create", "refresh", "verify", "get data", "update data"):
+        cells = _row_cells(targets, operation)
+        assert cells[-1].startswith(("met", "not met")), cells
