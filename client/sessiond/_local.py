@@ -374,6 +374,9 @@ class LocalVerifier:
                 )
             except Exception:
                 logger.exception("revocation stream failed")
+            # The stream has ended, so no revocation can arrive until it is
+            # back: stop trusting it now rather than when the heartbeat is late.
+            self._fresh_until_s = 0.0
             if self._closed.wait(delay_s * random.uniform(0.5, 1.0)):
                 return
             delay_s = min(delay_s * 2, RECONNECT_MAX_S)

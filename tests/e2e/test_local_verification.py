@@ -330,6 +330,45 @@ def test_lost_stream_falls_back_then_catches_up(
             )
 
 
+# How soon after its daemon exits a client stops verifying locally: the
+# kernel closes the stream's connection at once, so this is the client's
+# own reaction time, well below the heartbeat timeout of 2.5 s.
+STREAM_END_BOUND_S = 0.5
+
+
+@pytest.mark.parametrize("ending", ["stop", "kill"])
+def test_ended_stream_stops_local_verify(
+    start_daemon: Callable[..., DaemonProcess], database_url: str, ending: str
+) -> None:
+    daemon = start_daemon(database_url)
+    with daemon.client(local_verification=True) as client:
+        assert client.wait_for_local_verification(READY_TIMEOUT_S)
+        session = client.create_new_session("ended stream")
+        assert session.access_token is not None
+        assert session.anti_csrf_token is not None
+        tokens = (session.access_token.value, session.anti_csrf_token.value)
+        client.get_session(*tokens)
+
+        if ending == "stop":
+            assert daemon.stop() == 0
+        else:
+            daemon.kill()
+        ended = time.monotonic()
+        # A revoke made through another daemon in this window would go
+        # unseen, so a local verify must stop at once: the daemon is down,
+        # and the fallback call to it fails.
+        while True:
+            try:
+                client.get_session(*tokens)
+            except sessiond.UnavailableError:
+                break
+            elapsed = time.monotonic() - ended
+            assert elapsed < STREAM_END_BOUND_S, (
+                f"verified locally {elapsed:.2f} s after the daemon exited"
+            )
+            time.sleep(0.01)
+
+
 def test_async_client_verifies_locally(local_daemon: DaemonProcess) -> None:
     async def scenario() -> tuple[int, int, type[BaseException] | None]:
         async with sessiond.AsyncSessionClient(
