@@ -40,7 +40,7 @@ bench: $(STAMP)
 		$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[server,dev,bench]'
 	$(BIN)/python bench/run.py
 
-## bench-quick: a smoke run of the benchmark in seconds; writes to var/bench-quick/
+## bench-quick: a smoke run of the benchmark in about a minute; writes to var/bench-quick/
 bench-quick: $(STAMP)
 	$(BIN)/python -c 'import matplotlib' 2>/dev/null || \
 		$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[server,dev,bench]'

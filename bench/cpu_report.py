@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from cpu import CLIENT, DAEMON, DATABASE, FLOOR_SERVER
+from cpu import CLIENT, CLOCK_TICKS_PER_S, DAEMON, DATABASE, FLOOR_SERVER
 from harness import Measurement
 from operations import OPERATIONS, SQL_FLOORS, OperationSpec
 from report import BACKENDS, GRPC_FLOOR, HEALTH_FLOOR, Results, _table
@@ -77,9 +77,10 @@ def _cpu_row(
     if found is None:
         return [label, "-", "-", "-", "-", "-", "-"]
     server = _server_us(found)
+    # Calls that stay in the client process cost the server nothing.
     ratio = (
         f"{server / floor_server_us:.1f}x"
-        if server is not None and floor_server_us
+        if server is not None and server >= 1 and floor_server_us
         else "-"
     )
     return [
@@ -122,7 +123,9 @@ def cpu_lines(results: Results) -> list[str]:
         "the daemon otherwise) and of the private MariaDB server, and os.times() of "
         "the bench process, whose threads are the client. Unlike ops/s, CPU time per "
         "call changes little with other load on the machine, though contention for "
-        "locks and the GIL adds some. SQLite runs inside the daemon, so its database "
+        "locks and the GIL adds some. /proc counts in clock ticks of "
+        f"{1000 / CLOCK_TICKS_PER_S:g} ms, so a short measurement (a quick run's "
+        "0.2 s) shows coarse, rounded figures. SQLite runs inside the daemon, so its database "
         "time is in the server column. The last column compares the server's time "
         "with the floor server's time for one empty call.",
         "",
@@ -164,12 +167,18 @@ def floors_total_us(
 
 
 def _verdict(
-    measured_ops: float, goal: float, floors_us: float | None, budget_us: float
+    measured_ops: float,
+    goal: float,
+    floors_us: float | None,
+    budget_us: float,
+    one_process_cap: float | None,
 ) -> str:
     if measured_ops >= goal:
         return "met"
     if floors_us is not None and floors_us > budget_us:
         return "not met; the floors alone exceed the budget"
+    if one_process_cap is not None and one_process_cap < goal:
+        return "not met; above the one-process cap"
     return "not met"
 
 
@@ -182,10 +191,12 @@ def target_lines(results: Results) -> list[str]:
         found = results.operations.get(("MariaDB", target.operation, concurrency))
         goal = target.goal(results, concurrency)
         if found is None or goal is None:
-            rows.append([target.operation, target.text()] + ["-"] * 6)
+            rows.append([target.operation, target.text()] + ["-"] * 7)
             continue
         budget = cores * 1_000_000 / goal
         floors = floors_total_us(results, specs[target.operation], concurrency)
+        server = found.cpu_us_per_call(DAEMON)
+        cap = None if not server else 1_000_000 / server
         rows.append(
             [
                 target.operation,
@@ -195,7 +206,8 @@ def target_lines(results: Results) -> list[str]:
                 f"{budget:,.0f}",
                 _us(total_us(found)),
                 _us(floors),
-                _verdict(found.ops_per_s, goal, floors, budget),
+                "-" if cap is None else f"{cap:,.0f}",
+                _verdict(found.ops_per_s, goal, floors, budget, cap),
             ]
         )
     return [
@@ -207,7 +219,11 @@ def target_lines(results: Results) -> list[str]:
         "each as many times as the operation needs (see CPU time per call above). "
         "Where the floors' total is above the budget, no change to the daemon's "
         "own code meets the target on this machine: the gRPC server and the "
-        "PyMySQL client already cost more than the budget.",
+        "PyMySQL client already cost more than the budget. A target can also be "
+        "missed with a total below the budget. One daemon process runs Python on "
+        "one core at a time (the GIL), so it serves at most 1,000,000 / (its "
+        "server us per call) calls per second: the one-process cap column. Above "
+        "that cap only `workers` or replicas can help, given free cores.",
         "",
         *_table(
             [
@@ -218,6 +234,7 @@ def target_lines(results: Results) -> list[str]:
                 "budget us",
                 "measured total us",
                 "floors' total us",
+                "one-process cap ops/s",
                 "verdict",
             ],
             rows,

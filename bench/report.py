@@ -423,9 +423,9 @@ def render(results: Results, plot_written: bool) -> str:
     ]
     if results.rss and results.rss[-1].creates < 100_000:
         lines += [
-            f"The run stopped at {results.rss[-1].creates:,} creates to keep "
-            "`make bench` within about 12 minutes; `bench/run.py --rss-creates "
-            "20000,100000` measures the RSS after 100,000 creates.",
+            f"The run stopped at {results.rss[-1].creates:,} creates to stay "
+            "short. `bench/run.py --rss-creates 20000,100000` measures the RSS "
+            "after 100,000 creates.",
             "",
         ]
     lines += scale_report.scale_lines(results)

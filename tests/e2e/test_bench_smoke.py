@@ -199,13 +199,14 @@ def test_bench_page_has_cpu_time_per_call(bench_output: Path) -> None:
     assert float(server.replace(",", "")) > 0, empty
     assert float(client.replace(",", "")) > 0, empty
     assert empty[6] == "1.0x", empty
+    database_us = 0.0
     for operation in OPERATIONS:
         cells = _row_cells(cpu, f"MariaDB: {operation}")
-        # Every MariaDB operation but verify reaches the database server.
-        assert cells[3] != "-", cells
-        if operation != "verify":
-            assert float(cells[3].replace(",", "")) > 0, cells
+        database_us += float(cells[3].replace(",", ""))
         assert _row_cells(cpu, f"SQLite: {operation}")[3] == "-"
+    # /proc counts 10 ms ticks, so one short measurement may read 0, but
+    # the MariaDB operations together made the database server work.
+    assert database_us > 0
 
 
 def test_bench_page_has_targets(bench_output: Path) -> None:
