@@ -334,10 +334,11 @@ def render(results: Results, plot_written: bool) -> str:
         "connect arguments and a semaphore around checkout), on a second database "
         "of the same server with the daemon's schema. Single statements run in "
         "autocommit mode, one round trip each. The transaction floor takes two round "
-        "trips, as the daemon's write transactions do: it sends `BEGIN; SELECT ... "
-        "FOR UPDATE` as one query and `UPDATE ...; COMMIT` as another, which the "
-        "connect arguments' CLIENT_MULTI_STATEMENTS flag allows. Each thread works "
-        "on its own rows.",
+        "trips, as the daemon's merge of session data does: it sends `BEGIN; SELECT "
+        "... FOR UPDATE` as one query and `UPDATE ...; COMMIT` as another, which the "
+        "connect arguments' CLIENT_MULTI_STATEMENTS flag allows. A refresh sends "
+        "its locked read, its UPDATEs and COMMIT in one query. Each thread works on "
+        "its own rows.",
         "- refresh is a chain: each call uses the refresh token the previous call "
         "returned and never verifies it, so every refresh presents a child of the "
         "stored token and the daemon promotes it inside the refresh. refresh + verify "

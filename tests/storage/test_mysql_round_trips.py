@@ -264,6 +264,7 @@ def test_round_trips_per_call(storage: Storage, proxy: Proxy) -> None:
     handle = record.session_handle
     child = b"c" * 32
     grandchild = b"g" * 32
+    sibling = b"b" * 32
     calls: list[tuple[str, int, Callable[[], object]]] = [
         ("create", 1, lambda: storage.create_session(record)),
         ("get data", 1, lambda: storage.get_session_data(handle, NOW_MS)),
@@ -276,7 +277,7 @@ def test_round_trips_per_call(storage: Storage, proxy: Proxy) -> None:
         ("merge data", 2, lambda: storage.rewrite_session_data(handle, str, NOW_MS)),
         (
             "refresh with a child",
-            2,
+            1,
             lambda: storage.rotate_refresh_token(
                 handle,
                 child,
@@ -288,9 +289,37 @@ def test_round_trips_per_call(storage: Storage, proxy: Proxy) -> None:
         ),
         (
             "promote a child",
-            2,
+            1,
             lambda: storage.promote_refresh_token(
                 handle, child, grandchild, NOW_MS, GRACE_MS
+            ),
+        ),
+        (
+            "refresh with the stored token",
+            1,
+            lambda: storage.rotate_refresh_token(
+                handle, grandchild, child, NOW_MS, NOW_MS + HOUR_MS, GRACE_MS
+            ),
+        ),
+        # The rare outcomes take the common-case batch, then a transaction
+        # of their own.
+        (
+            "refresh with the replaced token",
+            3,
+            lambda: storage.rotate_refresh_token(
+                handle,
+                child,
+                record.refresh_token_hash2,
+                NOW_MS,
+                NOW_MS + HOUR_MS,
+                GRACE_MS,
+            ),
+        ),
+        (
+            "promote a sibling",
+            3,
+            lambda: storage.promote_refresh_token(
+                handle, child, sibling, NOW_MS, GRACE_MS
             ),
         ),
         ("revoke", 2, lambda: storage.revoke_sessions([handle], NOW_MS)),
@@ -298,6 +327,18 @@ def test_round_trips_per_call(storage: Storage, proxy: Proxy) -> None:
     # Warm the pool, so that no call pays for a connection.
     storage.ping()
     storage.ping()
+    # The first query above 1 KiB reads the server's max_allowed_packet once
+    # per storage. A refresh of another session sends one.
+    other = make_session("bob")
+    storage.create_session(other)
+    storage.rotate_refresh_token(
+        other.session_handle,
+        child,
+        other.refresh_token_hash2,
+        NOW_MS,
+        NOW_MS + HOUR_MS,
+        GRACE_MS,
+    )
 
     for name, expected, call in calls:
         assert commands_of(proxy, call) == expected, name
@@ -425,11 +466,11 @@ def test_refresh_lost_before_commit_stores_nothing(
     record = make_session()
     storage.create_session(record)
     child = b"c" * 32
-    proxy.drop_before = lambda query: query.startswith("UPDATE sessiond_sessions")
+    proxy.drop_before = lambda query: "UPDATE sessiond_sessions" in query
 
-    # The client cannot tell whether the UPDATE and its COMMIT ran, so it
-    # does not retry. They never reached the server, which rolled the
-    # transaction back, so the parent is still the stored token.
+    # The client cannot tell whether the query with the UPDATE and COMMIT
+    # ran, so it does not retry. It never reached the server, so the parent
+    # is still the stored token.
     with pytest.raises(UnavailableError, match="may or may not"):
         storage.rotate_refresh_token(
             record.session_handle,

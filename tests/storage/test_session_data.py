@@ -366,6 +366,50 @@ def test_rotate_caps_at_max_lifetime(storage: Storage) -> None:
     assert storage.get_session(record.session_handle, NOW_MS + 3000) is None
 
 
+@pytest.mark.parametrize(
+    "max_lifetime", [0, 1000, 2500, HOUR_MS + 2000, HOUR_MS + 9000]
+)
+@pytest.mark.parametrize("presented", ["stored", "child", "replaced"])
+def test_rotate_stores_capped_expiry(
+    storage: Storage, presented: str, max_lifetime: int
+) -> None:
+    """Each outcome stores the expiry that capped_expiry computes in Python."""
+    record = add_session(storage)
+    later = NOW_MS + 2000
+    if presented == "replaced":
+        # The stored token becomes "child", so "stored" is the replaced one,
+        # accepted in the grace period by a transaction of its own.
+        storage.promote_refresh_token(
+            record.session_handle, hash2("stored"), hash2("child"), NOW_MS, GRACE_MS
+        )
+    token, parent = {
+        "stored": (hash2("stored"), None),
+        "child": (hash2("child"), hash2("stored")),
+        "replaced": (hash2("stored"), None),
+    }[presented]
+
+    result = storage.rotate_refresh_token(
+        record.session_handle,
+        token,
+        parent,
+        later,
+        later + HOUR_MS,
+        GRACE_MS,
+        max_lifetime_ms=max_lifetime,
+    )
+    stored = storage.get_session(record.session_handle, NOW_MS)
+
+    expected = {
+        "stored": Rotation.CURRENT,
+        "child": Rotation.PROMOTED,
+        "replaced": Rotation.GRACE,
+    }
+    assert result.outcome is expected[presented]
+    assert stored is not None
+    assert stored.expires_at_ms == capped_expiry(NOW_MS, later + HOUR_MS, max_lifetime)
+    assert stored.last_refreshed_at_ms == later
+
+
 def test_theft_leaves_no_refresh_trace(storage: Storage) -> None:
     record = add_session(storage)
 

@@ -160,6 +160,19 @@ def capped_expiry(created_at_ms: int, expires_at_ms: int, max_lifetime_ms: int) 
     return min(expires_at_ms, created_at_ms + max_lifetime_ms)
 
 
+def _expiry_assignment(
+    expires_at_ms: int, max_lifetime_ms: int
+) -> tuple[str, tuple[int, ...]]:
+    """Return the SQL assignment and parameters that store capped_expiry of a row."""
+    if max_lifetime_ms <= 0:
+        return "expires_at_ms = ?", (expires_at_ms,)
+    return (
+        "expires_at_ms = CASE WHEN created_at_ms + ? < ? "
+        "THEN created_at_ms + ? ELSE ? END",
+        (max_lifetime_ms, expires_at_ms, max_lifetime_ms, expires_at_ms),
+    )
+
+
 def _classify(
     session: SessionRecord,
     token_hash2: bytes,
@@ -530,6 +543,21 @@ class Storage(abc.ABC):
         idle_expires_at_ms, and last_refreshed_at_ms becomes now_ms. The
         returned session is the row as it was before this call.
         """
+        expiry_sql, expiry_params = _expiry_assignment(expires_at_ms, max_lifetime_ms)
+        found = self._store_current_or_child(
+            handle,
+            token_hash2,
+            parent_hash2,
+            now_ms,
+            grace_ms,
+            [
+                (expiry_sql, expiry_params),
+                ("idle_expires_at_ms = ?", (idle_expires_at_ms,)),
+                ("last_refreshed_at_ms = ?", (now_ms,)),
+            ],
+        )
+        if found.outcome not in (Rotation.GRACE, Rotation.THEFT):
+            return found
 
         def work(cursor: Cursor) -> RotationResult:
             session = self._lock_session(cursor, handle, now_ms)
@@ -571,6 +599,11 @@ class Storage(abc.ABC):
         The outcomes are those of rotate_refresh_token, except that THEFT
         leaves the session alone: an access token alone never proves theft.
         """
+        found = self._store_current_or_child(
+            handle, token_hash2, parent_hash2, now_ms, grace_ms, []
+        )
+        if found.outcome is not Rotation.GRACE:
+            return found
 
         def work(cursor: Cursor) -> RotationResult:
             session = self._lock_session(cursor, handle, now_ms)
@@ -581,6 +614,77 @@ class Storage(abc.ABC):
                 changes = _refresh_token_changes(session, outcome, token_hash2, now_ms)
                 if changes:
                     self._update_session(cursor, handle, changes)
+            return RotationResult(outcome, session)
+
+        return self._write(work)
+
+    def _store_current_or_child(
+        self,
+        handle: str,
+        token_hash2: bytes,
+        parent_hash2: bytes | None,
+        now_ms: int,
+        grace_ms: int,
+        deadlines: Sequence[tuple[str, Sequence[Any]]],
+    ) -> RotationResult:
+        """Handle the common cases of a refresh token in one batch of statements.
+
+        The batch locks and reads the live session, then runs two UPDATEs,
+        each matching only one case. For the stored token itself (CURRENT),
+        the first sets the deadlines. For a child of the stored token
+        (PROMOTED), the second stores the child and sets the deadlines. The
+        deadlines are (assignment, parameters) pairs, and may be empty. A
+        backend may send the batch with BEGIN and COMMIT in one round trip.
+        The outcome comes from the row as it was read under the lock, so it
+        says which UPDATE matched. For GRACE and THEFT neither did, and the
+        session is unchanged.
+        """
+        assignments = ", ".join(sql for sql, _params in deadlines)
+        deadline_params = [value for _sql, params in deadlines for value in params]
+        where = f"WHERE session_handle = ? AND refresh_token_hash2 = ? AND {_LIVE}"
+        statements: list[tuple[str, Sequence[Any]]] = [
+            (
+                f"SELECT {_SESSION_COLUMNS_WITHOUT_DATA} FROM sessiond_sessions "
+                f"WHERE session_handle = ? AND {_LIVE}{self.for_update}",
+                (handle, now_ms, now_ms),
+            )
+        ]
+        if deadlines:
+            statements.append(
+                (
+                    f"UPDATE sessiond_sessions SET {assignments} {where}",
+                    (*deadline_params, handle, token_hash2, now_ms, now_ms),
+                )
+            )
+        if parent_hash2 is not None:
+            token_columns = (
+                "previous_refresh_token_hash2 = ?, refresh_token_hash2 = ?, "
+                "refresh_token_changed_at_ms = ?"
+            )
+            statements.append(
+                (
+                    "UPDATE sessiond_sessions SET "
+                    + ", ".join(part for part in (token_columns, assignments) if part)
+                    + f" {where}",
+                    (
+                        parent_hash2,
+                        token_hash2,
+                        now_ms,
+                        *deadline_params,
+                        handle,
+                        parent_hash2,
+                        now_ms,
+                        now_ms,
+                    ),
+                )
+            )
+
+        def work(cursor: Cursor) -> RotationResult:
+            rows = self._execute_all_and_commit(cursor, statements)[0].rows
+            if not rows:
+                return RotationResult(Rotation.NOT_FOUND, None)
+            session = _session_from_row(rows[0])
+            outcome = _classify(session, token_hash2, parent_hash2, now_ms, grace_ms)
             return RotationResult(outcome, session)
 
         return self._write(work)
