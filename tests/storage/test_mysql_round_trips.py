@@ -10,6 +10,8 @@ while its client never learns the outcome.
 
 from __future__ import annotations
 
+import logging
+import re
 import socket
 import threading
 import uuid
@@ -413,19 +415,27 @@ def test_update_on_closed_connections_applies_once(
 
 
 def test_lost_before_first_statement_retried(
-    storage: Storage, proxy: Proxy, mysql_url: str
+    storage: Storage,
+    proxy: Proxy,
+    mysql_url: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     record = make_session()
     storage.create_session(record)
     proxy.drop_before = lambda query: query.startswith("BEGIN; SELECT")
 
-    written = storage.rewrite_session_data(
-        record.session_handle, lambda _old: '{"n":1}', NOW_MS
-    )
+    with caplog.at_level(logging.WARNING, logger="sessiond_server.storage.mysql"):
+        written = storage.rewrite_session_data(
+            record.session_handle, lambda _old: '{"n":1}', NOW_MS
+        )
 
     assert written == ('{"n":1}', 2)
     assert proxy.count("BEGIN; SELECT") == 2, "the transaction was not retried"
     assert stored_row(mysql_url, record.session_handle)[0][:2] == ('{"n":1}', 2)
+    retries = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
+    assert len(retries) == 1, retries
+    # The line names the error, even when PyMySQL gives it no message.
+    assert re.search(r"error=MySQL error \d+: \S", retries[0]), retries[0]
 
 
 def test_lost_one_query_transaction_not_retried(

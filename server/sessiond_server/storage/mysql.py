@@ -414,10 +414,9 @@ class MysqlStorage(Storage):
                     raise self._timed_out(exc) from exc
                 metrics.DATABASE_RETRIES.inc()
                 logger.warning(
-                    "database call failed, retrying attempt=%d error=%s message=%s",
+                    "database call failed, retrying attempt=%d error=%s",
                     attempt,
-                    _error_number(exc),
-                    exc.args[-1] if exc.args else type(exc).__name__,
+                    _describe(exc),
                 )
                 time.sleep(random.uniform(0.005, 0.02) * attempt)
         raise AssertionError("unreachable")
