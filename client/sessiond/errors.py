@@ -173,7 +173,9 @@ def from_rpc_error(error: grpc.RpcError) -> SessionError:
             current_version=_int_metadata(info, "current_data_version"),
             code=code,
         )
-    if info.reason == "INVALID_ARGUMENT":
+    # The daemon sends MALFORMED_REQUEST when the request bytes do not parse
+    # as the method's message. Then field is empty unless protobuf named one.
+    if info.reason in ("INVALID_ARGUMENT", "MALFORMED_REQUEST"):
         return InvalidArgumentError(
             message, field=info.metadata.get("field", ""), code=code
         )

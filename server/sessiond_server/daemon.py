@@ -17,7 +17,7 @@ import prometheus_client
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from sessiond.v1 import session_pb2, session_pb2_grpc
+from sessiond.v1 import session_pb2
 
 from . import clock, metrics, systemd, transport
 from .config import Config
@@ -28,7 +28,7 @@ from .migrations import LATEST_VERSION
 from .revocations import RevocationFeed
 from .revocations import retention_ms as revocation_retention_ms
 from .sealing import Sealer, UnsealError
-from .service import SessionServicer
+from .service import SessionServicer, add_session_service
 from .sessions import REFRESH_SECRET_NAME, SessionManager
 from .storage import Storage, open_storage
 from .tokens import RefreshTokenCodec
@@ -207,9 +207,7 @@ class Daemon:
             ],
             interceptors=_interceptors(config),
         )
-        session_pb2_grpc.add_SessionServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            SessionServicer(sessions, keys, config, feed), server
-        )
+        add_session_service(SessionServicer(sessions, keys, config, feed), server)
         health_servicer = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(

@@ -5,6 +5,7 @@
     ├── TryRefreshTokenError     access token expired, key unknown, CSRF check failed
     ├── TokenTheftDetectedError  an old refresh token was replayed
     ├── InvalidArgumentError     bad input; names the field
+    ├── MalformedRequestError    request bytes that do not parse as the method's message
     ├── ConflictError            session data is not at the expected version
     └── UnavailableError         the database cannot be reached
 
@@ -69,6 +70,29 @@ class InvalidArgumentError(SessiondError):
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"invalid {field}: {message}")
+        self.field = field
+
+    def metadata(self) -> dict[str, str]:
+        return {"field": self.field}
+
+
+class MalformedRequestError(SessiondError):
+    """A request that does not parse as the method's request message.
+
+    It has the status and the ErrorInfo metadata of InvalidArgumentError, and
+    a reason of its own. The field is empty unless protobuf's parse error
+    names one.
+    """
+
+    reason = "MALFORMED_REQUEST"
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, message_type: str, cause: str, field: str = "") -> None:
+        super().__init__(
+            f"request is not a valid {message_type} protobuf message ({cause}). "
+            "Check that the client's stubs or request serializer are generated "
+            "from sessiond/v1/session.proto"
+        )
         self.field = field
 
     def metadata(self) -> dict[str, str]:

@@ -11,6 +11,9 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import message_factory
+from google.protobuf.descriptor import Descriptor
+from google.protobuf.message import DecodeError
 
 from sessiond.v1 import session_pb2 as pb
 from sessiond.v1 import session_pb2_grpc
@@ -19,6 +22,7 @@ from . import revocations
 from .config import Config
 from .errors import (
     InvalidArgumentError,
+    MalformedRequestError,
     SessiondError,
     UnavailableError,
     error_status,
@@ -38,27 +42,45 @@ _INTERNAL = SessiondError("internal error; the daemon's log has the details")
 
 
 class _RateLimitedLog:
-    """Log a failure at most once per interval, with how many happened since."""
+    """Log a failure at most once per interval, with how many happened since.
 
-    def __init__(self, interval_s: float) -> None:
+    The log line starts with event, such as "database unavailable", and
+    names the peer of the logged call when record gets one.
+    """
+
+    def __init__(self, event: str, interval_s: float) -> None:
+        self._event = event
         self._interval_s = interval_s
         self._lock = threading.Lock()
         self._last_s = -interval_s
         self._suppressed = 0
 
-    def record(self, method: str, error: Exception) -> None:
+    def record(self, method: str, error: Exception, peer: str = "") -> None:
         with self._lock:
             now = time.monotonic()
             if now - self._last_s < self._interval_s:
                 self._suppressed += 1
                 return
             count, self._suppressed, self._last_s = self._suppressed + 1, 0, now
-        logger.warning(
-            "database unavailable method=%s failures=%d error=%s", method, count, error
-        )
+        if peer:
+            logger.warning(
+                "%s method=%s peer=%s failures=%d error=%s",
+                self._event,
+                method,
+                peer,
+                count,
+                error,
+            )
+        else:
+            logger.warning(
+                "%s method=%s failures=%d error=%s", self._event, method, count, error
+            )
 
 
-_unavailable_log = _RateLimitedLog(interval_s=10.0)
+_unavailable_log = _RateLimitedLog("database unavailable", interval_s=10.0)
+# A client can send malformed requests in a loop, so they are logged at the
+# same bounded rate.
+_malformed_log = _RateLimitedLog("malformed request rejected", interval_s=10.0)
 
 
 def translate_errors(handler: Handler) -> Handler:
@@ -379,3 +401,121 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
                 )
         finally:
             release()
+
+
+class _MalformedRequest:
+    """A request that did not parse, passed from the deserializer to the handler."""
+
+    def __init__(self, error: MalformedRequestError) -> None:
+        self.error = error
+
+
+# Requests in session.proto nest one level (CreateSessionRequest.device).
+# The limit stops the search on a message type that contains itself.
+_MAX_FIELD_DEPTH = 8
+
+
+def _field_path(message: Descriptor, full_name: str, depth: int = 0) -> str:
+    """Return the path of the field named full_name within message, such as
+    "device.user_agent", or "" when message has no such field."""
+    for field in message.fields:
+        if field.full_name == full_name:
+            return str(field.name)
+        if field.message_type is not None and depth < _MAX_FIELD_DEPTH:
+            inner = _field_path(field.message_type, full_name, depth + 1)
+            if inner:
+                return f"{field.name}.{inner}"
+    return ""
+
+
+def malformed_request_error(
+    message: Descriptor, error: DecodeError | UnicodeDecodeError
+) -> MalformedRequestError:
+    """Build the error for bytes that do not parse as message, without quoting the bytes."""
+    if isinstance(error, UnicodeDecodeError):
+        # The pure-Python runtime of protobuf 7.36 raises this for a string
+        # field and appends " in field: <full field name>" to the reason. The
+        # upb runtime raises DecodeError instead and names no field.
+        _, marker, full_name = error.reason.rpartition(" in field: ")
+        field = _field_path(message, full_name) if marker else ""
+        if field:
+            return MalformedRequestError(
+                message.full_name, f"field {field} is not valid UTF-8", field
+            )
+        return MalformedRequestError(
+            message.full_name, "a string field is not valid UTF-8"
+        )
+    # upb reports "Error parsing message with type '<type>': <cause>", and
+    # the pure-Python runtime reports the cause alone, such as "Truncated
+    # message.". In protobuf 7.36 neither quotes the request bytes.
+    cause = str(error).rpartition("': ")[2].rstrip(".") or "parse failed"
+    return MalformedRequestError(message.full_name, cause)
+
+
+def _lenient_deserializer(request_class: Any) -> Callable[[bytes], Any]:
+    """Return a deserializer that returns a _MalformedRequest in place of raising.
+
+    When a deserializer raises, grpc (grpcio 1.85) ends the call with
+    INTERNAL and logs a traceback, and no handler or interceptor behaviour
+    runs.
+    """
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return request_class.FromString(data)
+        except (DecodeError, UnicodeDecodeError) as error:
+            return _MalformedRequest(
+                malformed_request_error(request_class.DESCRIPTOR, error)
+            )
+
+    return deserialize
+
+
+def _rejecting_malformed(
+    method: str, behaviour: Callable[[Any, grpc.ServicerContext], Any]
+) -> Callable[[Any, grpc.ServicerContext], Any]:
+    def handle(request: Any, context: grpc.ServicerContext) -> Any:
+        if isinstance(request, _MalformedRequest):
+            _malformed_log.record(method, request.error, peer=context.peer())
+            context.abort_with_status(error_status(request.error))
+        return behaviour(request, context)
+
+    return handle
+
+
+def add_session_service(servicer: SessionServicer, server: grpc.Server) -> None:
+    """Register the SessionService methods of servicer on server.
+
+    It replaces the generated add_SessionServiceServicer_to_server, so a
+    request that does not parse fails with INVALID_ARGUMENT and reason
+    MALFORMED_REQUEST, in place of grpc's INTERNAL.
+    """
+    service = pb.DESCRIPTOR.services_by_name["SessionService"]
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for method in service.methods:
+        if method.client_streaming:
+            # The handler receives an iterator of requests, which
+            # _rejecting_malformed does not check.
+            raise NotImplementedError(
+                f"{method.full_name} is client-streaming, which "
+                "add_session_service does not support"
+            )
+        request_class = message_factory.GetMessageClass(method.input_type)
+        response_class = message_factory.GetMessageClass(method.output_type)
+        make_handler = (
+            grpc.unary_stream_rpc_method_handler
+            if method.server_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        handlers[method.name] = make_handler(
+            _rejecting_malformed(method.name, getattr(servicer, method.name)),
+            request_deserializer=_lenient_deserializer(request_class),
+            response_serializer=response_class.SerializeToString,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+    # Registered handlers take precedence over generic ones and skip a
+    # lookup per call, as the generated code does. grpc-stubs 1.53 does not
+    # declare the method.
+    server.add_registered_method_handlers(service.full_name, handlers)  # type: ignore[attr-defined]
