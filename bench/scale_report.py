@@ -20,7 +20,7 @@ from harness import Measurement
 from replicas import ALL_REPLICAS, ONE_DAEMON, ReplicaRun
 from report import Results, _ratio_text, _table
 
-from sessiond_server.daemon import CLEANUP_BATCH_SIZE
+from sessiond_server.daemon import CLEANUP_BATCH_SIZE, CLEANUP_MIN_PAUSE_S
 
 
 def scale_lines(results: Results) -> list[str]:
@@ -211,7 +211,9 @@ def cleanup_lines(run: CleanupRun | None) -> list[str]:
         f"its start, {threads} threads create sessions and {threads} threads read "
         "session data (get data, each thread on a session of its own). The "
         "daemon's first cleanup run deletes expired sessions in batches of "
-        f"{CLEANUP_BATCH_SIZE:,} until a batch comes back short: here "
+        f"{CLEANUP_BATCH_SIZE:,}, pausing after each batch as long as it took "
+        f"and at least {CLEANUP_MIN_PAUSE_S * 1000:.0f} ms, until a batch comes "
+        "back short: here "
         f"{run.deleted:,} sessions in {run.duration_s:.1f} s ({rate:,.0f} per "
         "second). The bench polls MIN(expires_at_ms) every "
         f"{POLL_INTERVAL_S * 1000:.0f} ms. Calls that start before the first "

@@ -354,6 +354,26 @@ class Storage(abc.ABC):
         """Return an INSERT that does nothing when the primary key exists."""
 
     @abc.abstractmethod
+    def _delete_first_rows(
+        self,
+        table: str,
+        key: str,
+        order: str,
+        condition: str,
+        params: Sequence[Any],
+        limit: int,
+    ) -> tuple[str, list[Any]]:
+        """Return the DELETE, and its parameters, of the first limit rows of table in order that match condition.
+
+        key is the table's primary key, and order ends with it, so the rows
+        are the same whatever plan the database picks. condition has ``?``
+        placeholders for params and does not name key. The database checks
+        condition on each row as it deletes it (on MySQL under the row
+        lock), so a row that another transaction has just changed to no
+        longer match is kept.
+        """
+
+    @abc.abstractmethod
     def _migration_lock(self) -> Any:
         """Return a context manager that serialises migrations across daemons."""
 
@@ -954,41 +974,38 @@ class Storage(abc.ABC):
         return self._write(work)
 
     def delete_expired_sessions(self, now_ms: int, batch_size: int) -> int:
-        """Delete at most batch_size sessions past either deadline; return how many."""
+        """Delete at most batch_size sessions past either deadline; return how many.
+
+        Sessions past expires_at_ms go first, in order of it, then sessions
+        past idle_expires_at_ms. A count below batch_size means that the
+        call found no other session past a deadline at now_ms.
+        """
+
+        # One DELETE per deadline, so each can use its own index. Each
+        # checks its deadline on the row it deletes, so a session that a
+        # refresh has just extended is kept.
+        def delete_past(column: str, limit: int) -> tuple[str, list[Any]]:
+            return self._delete_first_rows(
+                "sessiond_sessions",
+                "session_handle",
+                f"{column}, session_handle",
+                f"{column} <= ?",
+                (now_ms,),
+                limit,
+            )
 
         def work(cursor: Cursor) -> int:
-            # One query per deadline, so each can use its own index. The
-            # second skips sessions the first one finds, so that a batch is
-            # short only when nothing else is left to delete.
-            self._execute(
-                cursor,
-                "SELECT session_handle FROM sessiond_sessions WHERE expires_at_ms <= ? "
-                "ORDER BY expires_at_ms LIMIT ?",
-                (now_ms, batch_size),
-            )
-            handles = [row[0] for row in cursor.fetchall()]
-            if len(handles) < batch_size:
-                self._execute(
+            self._execute(cursor, *delete_past("expires_at_ms", batch_size))
+            deleted = int(cursor.rowcount)
+            if deleted < batch_size:
+                # The first DELETE left no session past its expiry, so this
+                # one fills the rest of the batch without counting any twice.
+                self._execute_and_commit(
                     cursor,
-                    "SELECT session_handle FROM sessiond_sessions "
-                    "WHERE idle_expires_at_ms <= ? AND expires_at_ms > ? "
-                    "ORDER BY idle_expires_at_ms LIMIT ?",
-                    (now_ms, now_ms, batch_size - len(handles)),
+                    *delete_past("idle_expires_at_ms", batch_size - deleted),
                 )
-                handles += [row[0] for row in cursor.fetchall()]
-            if not handles:
-                return 0
-
-            marks = ", ".join("?" for _ in handles)
-            # The deadlines are checked again because a refresh may have
-            # extended one of these sessions since the SELECT.
-            self._execute(
-                cursor,
-                f"DELETE FROM sessiond_sessions WHERE session_handle IN ({marks}) "
-                "AND (expires_at_ms <= ? OR idle_expires_at_ms <= ?)",
-                (*handles, now_ms, now_ms),
-            )
-            return int(cursor.rowcount)
+                deleted += int(cursor.rowcount)
+            return deleted
 
         return self._write(work)
 
@@ -1065,24 +1082,18 @@ class Storage(abc.ABC):
         return self._read(work)
 
     def delete_revocations(self, revoked_before_ms: int, batch_size: int) -> int:
-        """Delete at most batch_size log rows revoked before revoked_before_ms; return how many."""
+        """Delete at most batch_size log rows revoked before revoked_before_ms, oldest first; return how many."""
+        statement = self._delete_first_rows(
+            "sessiond_revocations",
+            "seq",
+            "revoked_at_ms, seq",
+            "revoked_at_ms < ?",
+            (revoked_before_ms,),
+            batch_size,
+        )
 
         def work(cursor: Cursor) -> int:
-            self._execute(
-                cursor,
-                "SELECT seq FROM sessiond_revocations WHERE revoked_at_ms < ? "
-                "ORDER BY revoked_at_ms LIMIT ?",
-                (revoked_before_ms, batch_size),
-            )
-            sequence_numbers = [int(row[0]) for row in cursor.fetchall()]
-            if not sequence_numbers:
-                return 0
-            marks = ", ".join("?" for _ in sequence_numbers)
-            self._execute(
-                cursor,
-                f"DELETE FROM sessiond_revocations WHERE seq IN ({marks})",
-                sequence_numbers,
-            )
+            self._execute_and_commit(cursor, *statement)
             return int(cursor.rowcount)
 
         return self._write(work)

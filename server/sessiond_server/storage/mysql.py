@@ -498,6 +498,36 @@ class MysqlStorage(Storage):
         marks = ", ".join("?" for _ in columns)
         return f"INSERT IGNORE INTO {table} ({', '.join(columns)}) VALUES ({marks})"
 
+    def _delete_first_rows(
+        self,
+        table: str,
+        key: str,
+        order: str,
+        condition: str,
+        params: Sequence[Any],
+        limit: int,
+    ) -> tuple[str, list[Any]]:
+        # A derived table takes the batch's keys from the index of the ORDER
+        # BY, and the DELETE finds each row by primary key and checks
+        # condition again under the row lock. MariaDB 10.11 takes no index
+        # hint in a single-table DELETE, and for DELETE ... ORDER BY ...
+        # LIMIT its optimizer sometimes chose a full scan and a sort when
+        # most rows matched, which locks every row of the table. LIMIT is
+        # allowed in a derived table, but not in an IN subquery (error 1235).
+        # A short batch also locks the index entry after the range, and the
+        # gap before it, until COMMIT.
+        # NOTE: each batch reads the index from the start of the range, so it
+        # also reads and locks the entries of deleted rows that InnoDB has
+        # not purged yet. While a long transaction blocks the purge, batches
+        # slow down as the job goes on: about 8 ms more per batch of 100
+        # after 100,000 deleted rows, on MariaDB 10.11 on a 2-core machine.
+        return (
+            f"DELETE target FROM (SELECT {key} FROM {table} WHERE {condition} "
+            f"ORDER BY {order} LIMIT ?) AS batch STRAIGHT_JOIN {table} AS target "
+            f"ON target.{key} = batch.{key} WHERE {condition}",
+            [*params, limit, *params],
+        )
+
     @contextlib.contextmanager
     def _migration_lock(self) -> Iterator[None]:
         # A named lock on a connection of its own, outside the pool, so

@@ -122,6 +122,25 @@ class SqliteStorage(Storage):
         marks = ", ".join("?" for _ in columns)
         return f"INSERT OR IGNORE INTO {table} ({', '.join(columns)}) VALUES ({marks})"
 
+    def _delete_first_rows(
+        self,
+        table: str,
+        key: str,
+        order: str,
+        condition: str,
+        params: Sequence[Any],
+        limit: int,
+    ) -> tuple[str, list[Any]]:
+        # DELETE ... LIMIT exists only in SQLite builds with
+        # SQLITE_ENABLE_UPDATE_DELETE_LIMIT, so a subquery picks the rows.
+        # The write transaction has the database's write lock, so no other
+        # writer can change the rows between the subquery and the DELETE.
+        return (
+            f"DELETE FROM {table} WHERE {key} IN "
+            f"(SELECT {key} FROM {table} WHERE {condition} ORDER BY {order} LIMIT ?)",
+            [*params, limit],
+        )
+
     def _migration_lock(self) -> Any:
         return self._migrating
 
