@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 
+from ._arguments import check_text
 from ._calls import Call, SessionFields
 from ._local import DEFAULT_CACHE_SIZE, LocalVerifier
 from ._retry import (
@@ -181,6 +182,10 @@ class ClientBase:
         """Return the session of a token verified in process, or None to ask the daemon."""
         if self._local is None or check_database:
             return None
+        # The request to the daemon checks its arguments as it is built, and
+        # a token checked here gets the same errors.
+        check_text(access_token, "access_token")
+        check_text(anti_csrf_token, "anti_csrf_token", optional=True)
         claims = self._local.verify(
             access_token, anti_csrf_token, blocking=self._local_blocking
         )

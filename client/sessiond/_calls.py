@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypedDict, TypeVar
 
+from ._arguments import build_request as _request
+from ._arguments import wrong_type_error
 from ._session import DeviceInfo, SessionData, SessionDetails, SessionInfo, Token
 from .errors import InvalidArgumentError
 from .v1 import session_pb2 as pb
@@ -177,89 +179,40 @@ def _data_version(response: Any) -> int:
 # -- sessions -------------------------------------------------------------------
 
 
-# Request fields whose client argument has another name.
-_ARGUMENT_NAMES = {
-    "session_handle": "handle",
-    "session_handles": "handles",
-    "expected_data_version": "expected_version",
-}
-
-
-def _request(message_type: Any, prefix: str = "", **fields: Any) -> Any:
-    """Build a request message; raise InvalidArgumentError naming a field of the wrong type.
-
-    Protobuf's own TypeError and ValueError ("bad argument type for built-in
-    operation", "Value out of range") name no field, so each field is tried
-    alone to find the one protobuf rejected. prefix goes before the field
-    name, as in ``device.label``.
-    """
-    try:
-        return message_type(**fields)
-    except (TypeError, ValueError):
-        for name, value in fields.items():
-            try:
-                message_type(**{name: value})
-            except (TypeError, ValueError):
-                argument = prefix + _ARGUMENT_NAMES.get(name, name)
-                raise InvalidArgumentError(
-                    f"invalid {argument}: {_describe_value(value)}; "
-                    f"pass {_expected(message_type.DESCRIPTOR.fields_by_name[name])}",
-                    field=argument,
-                ) from None
-        raise
-
-
-def _describe_value(value: Any) -> str:
-    text = repr(value)
-    if len(text) > 40:
-        text = text[:37] + "..."
-    return f"{text} ({type(value).__name__})"
-
-
-def _expected(field: Any) -> str:
-    kind = {
-        field.TYPE_STRING: "a str",
-        field.TYPE_INT64: "an int from -(2**63) to 2**63 - 1",
-        field.TYPE_UINT64: "an int from 0 to 2**64 - 1",
-        field.TYPE_INT32: "an int from -(2**31) to 2**31 - 1",
-        field.TYPE_UINT32: "an int from 0 to 2**32 - 1",
-        field.TYPE_BOOL: "a bool",
-    }.get(field.type, "a value of the documented type")
-    # Protobuf releases before is_repeated have only label.
-    repeated = (
-        field.is_repeated
-        if hasattr(field, "is_repeated")
-        else field.label == field.LABEL_REPEATED
-    )
-    if repeated:
-        return f"a sequence of {kind.removeprefix('a ').removeprefix('an ')} values"
-    return kind
-
-
 def create_new_session(
     user_id: str,
     access_token_payload: dict[str, Any] | None,
     session_data: Any,
     device: DeviceInfo | None,
 ) -> Call[SessionFields]:
-    request = _request(pb.CreateSessionRequest, user_id=user_id)
-    if access_token_payload is not None:
-        request.access_token_payload_json = dump(
-            access_token_payload, "access_token_payload"
-        )
-    if session_data is not NOT_GIVEN:
-        request.session_data_json = dump(session_data, "session_data")
+    request = _request(
+        pb.CreateSessionRequest,
+        user_id=user_id,
+        access_token_payload_json=(
+            None
+            if access_token_payload is None
+            else dump(access_token_payload, "access_token_payload")
+        ),
+        session_data_json=(
+            None if session_data is NOT_GIVEN else dump(session_data, "session_data")
+        ),
+    )
     if device is not None:
-        request.device.CopyFrom(
-            _request(
-                pb.DeviceInfo,
-                "device.",
-                user_agent=device.user_agent or "",
-                ip_address=device.ip_address or "",
-                label=device.label or "",
-            )
-        )
+        request.device.CopyFrom(_device_request(device))
     return Call("CreateSession", request, _issued_session, idempotent=False)
+
+
+def _device_request(device: DeviceInfo) -> Any:
+    if not isinstance(device, DeviceInfo):
+        raise wrong_type_error("device", device, "a sessiond.DeviceInfo or None")
+    # DeviceInfo leaves an unknown field None, and the request leaves it empty.
+    return _request(
+        pb.DeviceInfo,
+        "device.",
+        user_agent="" if device.user_agent is None else device.user_agent,
+        ip_address="" if device.ip_address is None else device.ip_address,
+        label="" if device.label is None else device.label,
+    )
 
 
 def get_session(
@@ -268,10 +221,9 @@ def get_session(
     request = _request(
         pb.VerifySessionRequest,
         access_token=access_token,
+        anti_csrf_token=anti_csrf_token,  # None leaves it unset
         check_database=check_database,
     )
-    if anti_csrf_token is not None:
-        request.anti_csrf_token = anti_csrf_token
     return Call("VerifySession", request, _verified_session, idempotent=True)
 
 
@@ -288,9 +240,13 @@ def refresh_session(refresh_token: str) -> Call[SessionFields]:
 def regenerate_access_token(
     access_token: str, payload: dict[str, Any] | None
 ) -> Call[SessionFields]:
-    request = _request(pb.RegenerateAccessTokenRequest, access_token=access_token)
-    if payload is not None:
-        request.access_token_payload_json = dump(payload, "access_token_payload")
+    request = _request(
+        pb.RegenerateAccessTokenRequest,
+        access_token=access_token,
+        access_token_payload_json=(
+            None if payload is None else dump(payload, "access_token_payload")
+        ),
+    )
     return Call("RegenerateAccessToken", request, _session_fields, idempotent=False)
 
 
@@ -309,7 +265,7 @@ def revoke_session(handle: str) -> Call[bool]:
 
 
 def revoke_sessions(handles: Sequence[str]) -> Call[list[str]]:
-    request = _request(pb.RevokeSessionsRequest, session_handles=list(handles))
+    request = _request(pb.RevokeSessionsRequest, session_handles=handles)
     return Call("RevokeSessions", request, _revoked_handles, idempotent=True)
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from ._arguments import with_argument_names
 from .errors import ConflictError, InvalidArgumentError, from_rpc_error
 
 __all__ = [
@@ -142,7 +143,7 @@ class Attempts:
                 self._retries_left -= 1
                 self._retries_made += 1
                 return wait_s
-        raise from_rpc_error(error) from None
+        raise with_argument_names(from_rpc_error(error)) from None
 
 
 class ConflictRetries:

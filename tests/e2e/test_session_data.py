@@ -181,10 +181,10 @@ def test_expected_version_below_one_rejected(
                 fields[f"{name} {version}"] = "accepted"
 
     assert fields == {
-        "update 0": "expected_data_version",
-        "merge 0": "expected_data_version",
-        "update -1": "expected_data_version",
-        "merge -1": "expected_data_version",
+        "update 0": "expected_version",
+        "merge 0": "expected_version",
+        "update -1": "expected_version",
+        "merge -1": "expected_version",
     }
     assert client.get_session_data_versioned(session.handle) == sessiond.SessionData(
         {"n": 0}, 1
@@ -392,7 +392,7 @@ def test_merge_bad_handle_rejected(client: sessiond.SessionClient) -> None:
     with pytest.raises(sessiond.InvalidArgumentError) as raised:
         client.merge_session_data("not-a-handle", {"a": 1})
 
-    assert raised.value.field == "session_handle"
+    assert raised.value.field == "handle"
 
 
 def test_merge_gone_session_unauthorised(client: sessiond.SessionClient) -> None:
@@ -696,7 +696,7 @@ def test_payload_update_gone_session(client: sessiond.SessionClient) -> None:
         client.update_access_token_payload(session.handle, {"role": "admin"})
     with pytest.raises(sessiond.InvalidArgumentError) as raised:
         client.update_access_token_payload("not-a-handle", {"role": "admin"})
-    assert raised.value.field == "session_handle"
+    assert raised.value.field == "handle"
 
 
 # -- listing sessions ---------------------------------------------------------

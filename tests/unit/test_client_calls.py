@@ -358,9 +358,56 @@ def test_caller_options_replace_defaults() -> None:
         ),
         pytest.param(
             lambda: calls.revoke_sessions([1, 2]),
-            "handles",
-            "sequence of str",
+            "handles[0]",
+            "pass a str",
             id="handles-ints",
+        ),
+        pytest.param(
+            lambda: calls.revoke_sessions("h"),
+            "handles",
+            "pass a list of str",
+            id="handles-one-str",
+        ),
+        pytest.param(
+            lambda: calls.get_session_info(None),  # type: ignore[arg-type]
+            "handle",
+            "got None; pass a str",
+            id="handle-none",
+        ),
+        pytest.param(
+            lambda: calls.create_new_session(b"x", None, calls.NOT_GIVEN, None),  # type: ignore[arg-type]
+            "user_id",
+            "got bytes; pass a str",
+            id="user-id-bytes",
+        ),
+        pytest.param(
+            lambda: calls.get_session("t", b"c", False),  # type: ignore[arg-type]
+            "anti_csrf_token",
+            "got bytes; pass a str or None",
+            id="anti-csrf-bytes",
+        ),
+        pytest.param(
+            lambda: calls.update_session_data("h", {}, 0),
+            "expected_version",
+            "from 1 to 2**63 - 1",
+            id="version-zero",
+        ),
+        pytest.param(
+            lambda: calls.merge_session_data("h", {}, True),
+            "expected_version",
+            "got bool",
+            id="version-bool",
+        ),
+        pytest.param(
+            lambda: calls.create_new_session(
+                "u",
+                None,
+                calls.NOT_GIVEN,
+                {"label": "phone"},  # type: ignore[arg-type]
+            ),
+            "device",
+            "pass a sessiond.DeviceInfo",
+            id="device-dict",
         ),
         pytest.param(
             lambda: calls.get_session_data_versioned(7),  # type: ignore[arg-type]
@@ -398,3 +445,155 @@ def test_client_setting_wrong_type_rejected(setting: str, value: Any) -> None:
         sessiond.SessionClient("127.0.0.1:1", **{setting: value})
 
     assert raised.value.field == setting
+
+
+# -- what messages may contain -------------------------------------------------------
+
+# Values carry this marker so that a test can check messages never echo them.
+SECRET = "do-not-echo-4111-1111"
+# A lone surrogate: a str can hold it, but UTF-8 cannot encode it.
+SURROGATE_TEXT = SECRET + "\ud800"
+
+
+@pytest.mark.parametrize(
+    ("build", "field"),
+    [
+        pytest.param(
+            lambda: calls.create_new_session(SURROGATE_TEXT, None, None, None),
+            "user_id",
+            id="user-id",
+        ),
+        pytest.param(
+            lambda: calls.create_new_session("u", {"k": SURROGATE_TEXT}, None, None),
+            "access_token_payload",
+            id="create-payload",
+        ),
+        pytest.param(
+            lambda: calls.create_new_session("u", None, {SURROGATE_TEXT: 1}, None),
+            "session_data",
+            id="create-data-key",
+        ),
+        pytest.param(
+            lambda: calls.create_new_session(
+                "u", None, None, sessiond.DeviceInfo(user_agent=SURROGATE_TEXT)
+            ),
+            "device.user_agent",
+            id="device-user-agent",
+        ),
+        pytest.param(
+            lambda: calls.get_session(SURROGATE_TEXT, None, False),
+            "access_token",
+            id="access-token",
+        ),
+        pytest.param(
+            lambda: calls.get_session("t", SURROGATE_TEXT, False),
+            "anti_csrf_token",
+            id="anti-csrf-token",
+        ),
+        pytest.param(
+            lambda: calls.refresh_session(SURROGATE_TEXT),
+            "refresh_token",
+            id="refresh-token",
+        ),
+        pytest.param(
+            lambda: calls.regenerate_access_token("t", {"k": SURROGATE_TEXT}),
+            "access_token_payload",
+            id="regenerate-payload",
+        ),
+        pytest.param(
+            lambda: calls.update_access_token_payload("h", {"k": SURROGATE_TEXT}),
+            "access_token_payload",
+            id="update-payload",
+        ),
+        pytest.param(
+            lambda: calls.revoke_sessions(["h", SURROGATE_TEXT]),
+            "handles[1]",
+            id="handles",
+        ),
+        pytest.param(
+            lambda: calls.list_sessions(SURROGATE_TEXT),
+            "user_id",
+            id="list-user-id",
+        ),
+        pytest.param(
+            lambda: calls.get_session_data_versioned(SURROGATE_TEXT),
+            "handle",
+            id="handle",
+        ),
+        pytest.param(
+            lambda: calls.update_session_data("h", {"card": SURROGATE_TEXT}, None),
+            "session_data",
+            id="update-data",
+        ),
+        pytest.param(
+            lambda: calls.merge_session_data("h", [SURROGATE_TEXT], 1),
+            "patch",
+            id="merge-patch",
+        ),
+    ],
+)
+def test_lone_surrogate_names_argument(build: Any, field: str) -> None:
+    with pytest.raises(sessiond.InvalidArgumentError) as raised:
+        build()
+
+    message = str(raised.value)
+    assert SECRET not in message
+    assert raised.value.field == field
+    assert message.startswith(f"invalid {field}: ")
+    assert "lone surrogate" in message
+    assert "U+D800 to U+DFFF" in message
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        pytest.param(lambda: calls.refresh_session([SECRET]), id="token-list"),
+        pytest.param(lambda: calls.get_session_info({SECRET: 1}), id="handle-dict"),
+        pytest.param(lambda: calls.revoke_sessions([SECRET, 7]), id="handles-item"),
+        pytest.param(
+            lambda: calls.update_session_data("h", {"k": SECRET}, SECRET),
+            id="version-str",
+        ),
+    ],
+)
+def test_wrong_type_message_omits_value(build: Any) -> None:
+    with pytest.raises(sessiond.InvalidArgumentError) as raised:
+        build()
+
+    assert SECRET not in str(raised.value)
+
+
+def invalid_argument_from_daemon(field: str, message: str) -> grpc.RpcError:
+    """The error the daemon sends for an invalid request field."""
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    detail = any_pb2.Any()
+    detail.Pack(
+        error_details_pb2.ErrorInfo(
+            reason="INVALID_ARGUMENT", domain="sessiond", metadata={"field": field}
+        )
+    )
+    # rpc_status reads the details only when their code and message match the call's.
+    status = status_pb2.Status(code=code.value[0], message=message, details=[detail])
+    return rpc_error(code, message, ((DETAILS_KEY, status.SerializeToString()),))
+
+
+@pytest.mark.parametrize(
+    ("field", "argument"),
+    [
+        ("session_handle", "handle"),
+        ("session_handles[3]", "handles[3]"),
+        ("expected_data_version", "expected_version"),
+        ("session_data", "session_data"),
+        ("device.ip_address", "device.ip_address"),
+    ],
+)
+def test_daemon_field_renamed_to_argument(field: str, argument: str) -> None:
+    error = invalid_argument_from_daemon(field, f"invalid {field}: is not valid")
+    attempts = RetryPolicy().attempts(idempotent=True)
+
+    with pytest.raises(sessiond.InvalidArgumentError) as raised:
+        attempts.wait_after(error)
+
+    assert raised.value.field == argument
+    assert str(raised.value) == f"invalid {argument}: is not valid"
+    assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
