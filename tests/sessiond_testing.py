@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import secrets
 import signal
 import socket
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -257,3 +259,20 @@ class WorkersDaemonProcess(DaemonProcess):
     def worker_pids(self) -> list[int]:
         assert self.process is not None
         return child_pids(self.process.pid)
+
+
+def scrape_metrics(daemon: DaemonProcess) -> str:
+    """Return the text of the daemon's Prometheus endpoint (metrics_listen must be set)."""
+    match = re.search(r"metrics listening address=(\S+)", daemon.log())
+    assert match is not None, daemon.log()
+    url = f"http://{match.group(1)}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text: str = response.read().decode()
+    return text
+
+
+def metric_value(text: str, sample: str) -> float:
+    """Return the value of one sample, such as ``name{label="x"}``, in a scrape."""
+    match = re.search(rf"^{re.escape(sample)} (\S+)$", text, re.MULTILINE)
+    assert match is not None, f"{sample} missing from the scrape"
+    return float(match.group(1))

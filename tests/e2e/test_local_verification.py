@@ -10,12 +10,11 @@ import asyncio
 import re
 import socket
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sessiond_testing import DaemonProcess, rotate_keys
+from sessiond_testing import DaemonProcess, rotate_keys, scrape_metrics
 
 import sessiond
 
@@ -27,15 +26,9 @@ READY_TIMEOUT_S = 10.0
 
 def verify_calls(daemon: DaemonProcess) -> int:
     """Return how many VerifySession calls the daemon has served, whatever their status."""
-    match = re.search(r"metrics listening address=(\S+)", daemon.log())
-    assert match is not None, daemon.log()
-    with urllib.request.urlopen(
-        f"http://{match.group(1)}/metrics", timeout=5
-    ) as response:
-        text = response.read().decode()
     counts = re.findall(
         r'^sessiond_grpc_calls_total\{code="\w+",method="VerifySession"\} (\S+)$',
-        text,
+        scrape_metrics(daemon),
         re.MULTILINE,
     )
     return int(sum(float(count) for count in counts))

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import re
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import pytest
 from google.protobuf.descriptor import FieldDescriptor, MethodDescriptor
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from sessiond_testing import DaemonProcess
+from sessiond_testing import DaemonProcess, metric_value, scrape_metrics
 
 import sessiond
 from sessiond.errors import from_rpc_error
@@ -198,15 +196,8 @@ def test_malformed_names_field_pure_python_protobuf(
 
 
 def _scrape_calls(daemon: DaemonProcess, code: str, method: str) -> float:
-    match = re.search(r"metrics listening address=(\S+)", daemon.log())
-    assert match is not None, daemon.log()
-    url = f"http://{match.group(1)}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
     sample = f'sessiond_grpc_calls_total{{code="{code}",method="{method}"}}'
-    found = re.search(rf"^{re.escape(sample)} (\S+)$", text, re.MULTILINE)
-    assert found is not None, f"{sample} missing from the scrape"
-    return float(found.group(1))
+    return metric_value(scrape_metrics(daemon), sample)
 
 
 def test_malformed_counted_and_key_checked(

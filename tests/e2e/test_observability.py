@@ -4,32 +4,13 @@ from __future__ import annotations
 
 import json
 import re
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from sessiond_testing import DaemonProcess
+from sessiond_testing import DaemonProcess, metric_value, scrape_metrics
 
 import sessiond
-
-
-def _metrics_address(daemon: DaemonProcess) -> str:
-    match = re.search(r"metrics listening address=(\S+)", daemon.log())
-    assert match is not None, daemon.log()
-    return match.group(1)
-
-
-def _scrape(address: str) -> str:
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as response:
-        text: str = response.read().decode()
-    return text
-
-
-def _value(text: str, sample: str) -> float:
-    match = re.search(rf"^{re.escape(sample)} (\S+)$", text, re.MULTILINE)
-    assert match is not None, f"{sample} missing from the scrape"
-    return float(match.group(1))
 
 
 def test_metrics_count_calls(
@@ -45,28 +26,31 @@ def test_metrics_count_calls(
         with pytest.raises(sessiond.UnauthorisedError):
             client.get_session("not-a-token")
         session.revoke()
-    text = _scrape(_metrics_address(daemon))
+    text = scrape_metrics(daemon)
     assert (
-        _value(text, 'sessiond_grpc_calls_total{code="OK",method="CreateSession"}') == 1
+        metric_value(
+            text, 'sessiond_grpc_calls_total{code="OK",method="CreateSession"}'
+        )
+        == 1
     )
     assert (
-        _value(
+        metric_value(
             text,
             'sessiond_grpc_calls_total{code="UNAUTHENTICATED",method="VerifySession"}',
         )
         == 1
     )
     assert (
-        _value(
+        metric_value(
             text, 'sessiond_grpc_call_duration_seconds_count{method="RevokeSession"}'
         )
         == 1
     )
-    assert _value(text, "sessiond_signing_key_rotations_total") == 1
-    assert _value(text, 'sessiond_session_events_total{event="created"}') == 1
-    assert _value(text, 'sessiond_session_events_total{event="revoked"}') == 1
-    in_use = _value(text, 'sessiond_database_pool_connections{state="in_use"}')
-    idle = _value(text, 'sessiond_database_pool_connections{state="idle"}')
+    assert metric_value(text, "sessiond_signing_key_rotations_total") == 1
+    assert metric_value(text, 'sessiond_session_events_total{event="created"}') == 1
+    assert metric_value(text, 'sessiond_session_events_total{event="revoked"}') == 1
+    in_use = metric_value(text, 'sessiond_database_pool_connections{state="in_use"}')
+    idle = metric_value(text, 'sessiond_database_pool_connections{state="idle"}')
     # No call is running; the health check may hold one connection for a moment.
     assert in_use <= 1
     assert in_use + idle == 10
