@@ -7,6 +7,7 @@ listener. Labels never carry tokens, user ids or session data.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -86,7 +87,17 @@ def track_pool(stats: Callable[[], tuple[int, int]]) -> None:
 
 
 class MetricsInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
-    """Count unary calls by method and status code, and time them."""
+    """Count unary calls by method and status code, and time them.
+
+    The wrapped handler of each method, with its metric children, is built
+    on the method's first call and reused: building it, and looking up
+    labels, on every call cost a daemon about 15 us of CPU per call.
+    """
+
+    def __init__(self) -> None:
+        # Method path to (the handler it wrapped, the wrapped handler).
+        self._wrapped: dict[str, tuple[Any, Any]] = {}
+        self._lock = threading.Lock()
 
     def intercept_service(
         self, continuation: Callable[[Any], Any], details: Any
@@ -94,26 +105,39 @@ class MetricsInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         handler = continuation(details)
         if handler is None or handler.request_streaming or handler.response_streaming:
             return handler
-        method = details.method.rsplit("/", 1)[-1]
-        behaviour = handler.unary_unary
+        cached = self._wrapped.get(details.method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = _observed_handler(details.method.rsplit("/", 1)[-1], handler)
+        with self._lock:
+            self._wrapped[details.method] = (handler, wrapped)
+        return wrapped
 
-        def observed(request: Any, context: grpc.ServicerContext) -> Any:
-            started = time.perf_counter()
-            failed = False
-            try:
-                return behaviour(request, context)
-            except BaseException:
-                failed = True
-                raise
-            finally:
-                code = context.code() or (  # type: ignore[attr-defined]
-                    grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
-                )
-                CALLS.labels(method, code.name).inc()
-                CALL_SECONDS.labels(method).observe(time.perf_counter() - started)
 
-        return grpc.unary_unary_rpc_method_handler(
-            observed,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+def _observed_handler(method: str, handler: Any) -> Any:
+    """Return a unary handler that runs handler and records its call in CALLS and CALL_SECONDS."""
+    behaviour = handler.unary_unary
+    succeeded = CALLS.labels(method, grpc.StatusCode.OK.name)
+    duration = CALL_SECONDS.labels(method)
+
+    def observed(request: Any, context: grpc.ServicerContext) -> Any:
+        started = time.perf_counter()
+        failed = False
+        try:
+            return behaviour(request, context)
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            code = context.code()  # type: ignore[attr-defined]
+            if code is None and not failed:
+                succeeded.inc()
+            else:
+                CALLS.labels(method, (code or grpc.StatusCode.UNKNOWN).name).inc()
+            duration.observe(time.perf_counter() - started)
+
+    return grpc.unary_unary_rpc_method_handler(
+        observed,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )

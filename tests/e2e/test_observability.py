@@ -58,6 +58,33 @@ def test_metrics_count_calls(
     assert "payload" not in text
 
 
+def test_metrics_count_repeated_calls(
+    start_daemon: Callable[..., DaemonProcess], tmp_path: Path
+) -> None:
+    """Each call is counted once, under its own code, on the first call of a method and after."""
+    daemon = start_daemon(
+        f"sqlite:///{tmp_path / 'repeated.db'}", metrics_listen="127.0.0.1:0"
+    )
+    with daemon.client() as client:
+        session = client.create_new_session("repeated")
+        assert session.access_token is not None
+        assert session.anti_csrf_token is not None
+        tokens = (session.access_token.value, session.anti_csrf_token.value)
+        # Failures and successes alternate, so both codes go through a
+        # method whose handler is already wrapped.
+        for _ in range(3):
+            with pytest.raises(sessiond.UnauthorisedError):
+                client.get_session("not-a-token")
+            client.get_session(*tokens)
+    text = scrape_metrics(daemon)
+
+    verify = 'sessiond_grpc_calls_total{code="%s",method="VerifySession"}'
+    assert metric_value(text, verify % "OK") == 3
+    assert metric_value(text, verify % "UNAUTHENTICATED") == 3
+    duration = 'sessiond_grpc_call_duration_seconds_count{method="VerifySession"}'
+    assert metric_value(text, duration) == 6
+
+
 def test_metrics_port_in_use_fails_start(tmp_path: Path) -> None:
     import socket
 
