@@ -38,7 +38,7 @@ class Target:
     def text(self) -> str:
         if self.ops_per_s is not None:
             return f"{self.ops_per_s:,.0f} ops/s"
-        return f"{self.floor_share:.1f} x empty-call floor"
+        return f"{self.floor_share:.0%} of the empty-call floor's ops/s"
 
 
 # The fixed rates are what an in-process session library in Node.js did on
@@ -179,7 +179,7 @@ def _verdict(
         return "not met; the floors alone exceed the budget"
     if one_process_cap is not None and one_process_cap < goal:
         return "not met; above the one-process cap"
-    return "not met"
+    return "not met; within the budget and the cap, so calls wait rather than work"
 
 
 def target_lines(results: Results) -> list[str]:
@@ -223,7 +223,9 @@ def target_lines(results: Results) -> list[str]:
         "missed with a total below the budget. One daemon process runs Python on "
         "one core at a time (the GIL), so it serves at most 1,000,000 / (its "
         "server us per call) calls per second: the one-process cap column. Above "
-        "that cap only `workers` or replicas can help, given free cores.",
+        "that cap only `workers` or replicas can help, given free cores. A target "
+        "missed within both the budget and the cap loses its time to waiting "
+        "(for the GIL, locks or the other processes), not to work.",
         "",
         *_table(
             [
