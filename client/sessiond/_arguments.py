@@ -88,6 +88,65 @@ def check_text(value: Any, argument: str, *, optional: bool = False) -> None:
         ) from None
 
 
+def out_of_range_error(argument: str, expected: str) -> InvalidArgumentError:
+    """Return the error for an argument of the right type outside its range."""
+    return InvalidArgumentError(
+        f"invalid {argument}: out of range; pass {expected}", field=argument
+    )
+
+
+def check_int(
+    value: Any, argument: str, expected: str, low: int, high: int | None = None
+) -> None:
+    """Raise InvalidArgumentError unless value is an int from low to high.
+
+    A bool is rejected although it is an int subclass. expected states the
+    range in messages, such as ``an int from 1 to 64``.
+    """
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise wrong_type_error(argument, value, expected)
+    if value < low or (high is not None and value > high):
+        raise out_of_range_error(argument, expected)
+
+
+def check_number(value: Any, argument: str, expected: str) -> None:
+    """Raise InvalidArgumentError unless value is an int or a float.
+
+    A bool is rejected although it is an int subclass. The caller checks
+    the range.
+    """
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise wrong_type_error(argument, value, expected)
+
+
+def check_api_key(value: Any) -> None:
+    """Raise InvalidArgumentError unless value is None or a str that gRPC metadata can carry.
+
+    gRPC sends only printable ASCII (0x20 to 0x7E) in a text metadata value
+    and fails each call on any other character, with an error that names no
+    argument. The daemon strips whitespace from the keys it reads, so a key
+    that starts or ends with whitespace could never match. The messages
+    never contain the key.
+    """
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise wrong_type_error("api_key", value, "a str or None")
+    if value != value.strip():
+        raise InvalidArgumentError(
+            "invalid api_key: starts or ends with whitespace, such as the line "
+            "break at the end of a key file; strip the key before passing it",
+            field="api_key",
+        )
+    if not all(" " <= character <= "~" for character in value):
+        raise InvalidArgumentError(
+            "invalid api_key: contains a character outside printable ASCII "
+            "(0x20 to 0x7E), which gRPC metadata cannot carry; pass one of the "
+            "keys in the daemon's api_keys setting",
+            field="api_key",
+        )
+
+
 def build_request(message_type: Any, prefix: str = "", **fields: Any) -> Any:
     """Build a request message after checking each field's value against its type.
 

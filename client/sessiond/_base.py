@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 
-from ._arguments import check_text
+from ._arguments import check_api_key, check_int, check_text
 from ._calls import Call, SessionFields
 from ._local import DEFAULT_CACHE_SIZE, LocalVerifier
 from ._retry import (
@@ -19,7 +19,7 @@ from ._retry import (
     DEFAULT_TIMEOUT_S,
     RetryPolicy,
 )
-from .errors import GeneralError, InvalidArgumentError
+from .errors import GeneralError
 from .v1 import session_pb2_grpc
 
 MAX_RECEIVE_MESSAGE_BYTES = 65 * 1024 * 1024
@@ -81,10 +81,6 @@ def open_blocking_channel(
     return grpc.secure_channel(target, credentials, options=options)
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 class ClientBase:
     """The constructor and the stub lookup of both clients.
 
@@ -111,17 +107,21 @@ class ClientBase:
         local_cache_size: int = DEFAULT_CACHE_SIZE,
         connections: int = 1,
     ) -> None:
-        if not _is_int(connections) or not 1 <= connections <= MAX_CONNECTIONS:
-            raise InvalidArgumentError(
-                f"invalid connections: {connections!r}; pass an int from 1 to {MAX_CONNECTIONS}",
-                field="connections",
-            )
-        if not _is_int(local_cache_size) or local_cache_size < 0:
-            raise InvalidArgumentError(
-                f"invalid local_cache_size: {local_cache_size!r}; pass an int, 0 or more "
-                "(0 keeps no verified tokens)",
-                field="local_cache_size",
-            )
+        check_text(target, "target")
+        check_api_key(api_key)
+        check_int(
+            connections,
+            "connections",
+            f"an int from 1 to {MAX_CONNECTIONS}",
+            1,
+            MAX_CONNECTIONS,
+        )
+        check_int(
+            local_cache_size,
+            "local_cache_size",
+            "an int, 0 or more (0 keeps no verified tokens)",
+            0,
+        )
         self._policy = RetryPolicy(
             timeout_s=timeout,
             retries=retries,

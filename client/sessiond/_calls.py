@@ -73,6 +73,13 @@ def dump(value: Any, field: str) -> str:
         raise InvalidArgumentError(
             f"invalid {field}: cannot be sent as JSON: {exc}", field=field
         ) from None
+    except RecursionError:
+        # The encoder recurses once per level of lists and dicts, so the
+        # interpreter's recursion limit (1000 by default) bounds the depth.
+        raise InvalidArgumentError(
+            f"invalid {field}: is nested too deeply to send as JSON; flatten the value",
+            field=field,
+        ) from None
 
 
 def _token(response: Any, name: str) -> Token | None:

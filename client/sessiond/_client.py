@@ -31,9 +31,10 @@ class SessionClient(ClientBase):
     Args:
         target: the daemon's address, such as ``127.0.0.1:50051`` or
             ``unix:/run/sessiond/sessiond.sock``.
-        api_key: sent with every call when the daemon requires API keys.
-        timeout: the deadline of each call in seconds, which its retries
-            and the waits between them share.
+        api_key: sent with every call when the daemon requires API keys;
+            printable ASCII without leading or trailing whitespace.
+        timeout: the deadline of each call in seconds, above 0 and at most
+            86400, which its retries and the waits between them share.
         credentials: TLS channel credentials; None for a plaintext channel.
         options: gRPC channel options; each replaces the default of the
             same name (see ``channel_options_with_defaults``).
@@ -277,7 +278,7 @@ class SessionClient(ClientBase):
         Raises:
             ConflictError: every one of max_attempts writes conflicted; this is
                 the last conflict.
-            InvalidArgumentError: max_attempts is below 1.
+            InvalidArgumentError: max_attempts is not an int from 1 to 1000.
         """
         conflicts = ConflictRetries(max_attempts)
         while True:

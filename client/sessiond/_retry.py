@@ -23,8 +23,13 @@ from dataclasses import dataclass
 
 import grpc
 
-from ._arguments import with_argument_names
-from .errors import ConflictError, InvalidArgumentError, from_rpc_error
+from ._arguments import (
+    check_int,
+    check_number,
+    out_of_range_error,
+    with_argument_names,
+)
+from .errors import ConflictError, from_rpc_error
 
 __all__ = [
     "DEFAULT_RETRIES",
@@ -44,6 +49,16 @@ DEFAULT_RETRY_BACKOFF_MAX_S = 1.0
 # seconds after the first conflict, doubling per attempt up to the maximum.
 CONFLICT_BACKOFF_FIRST_S = 0.005
 CONFLICT_BACKOFF_MAX_S = 0.1
+# The largest max_attempts of modify_session_data. The waits alone between
+# 1000 attempts add up to about 50 s on average (an estimate: most waits are
+# random times up to 100 ms), so a writer that loses that many races needs
+# less contention, not more attempts. The bound rejects values such as
+# 10**9 that would retry for days.
+MAX_CONFLICT_ATTEMPTS = 1000
+# The largest timeout, retry_backoff_s and retry_backoff_max_s: one day. gRPC
+# takes the reconnect backoff in milliseconds as a C int (at most about 24.8
+# days), and with grpcio 1.85 a call whose timeout is 10**10 s fails at once.
+MAX_SETTING_S = 86_400
 # The daemon's own status, with ErrorInfo; a transport failure has none.
 STATUS_DETAILS_METADATA = "grpc-status-details-bin"
 
@@ -82,22 +97,25 @@ class RetryPolicy:
     backoff_max_s: float = DEFAULT_RETRY_BACKOFF_MAX_S
 
     def __post_init__(self) -> None:
-        checks = [
-            ("timeout", self.timeout_s, self.timeout_s > 0, "a number above 0"),
-            ("retries", self.retries, self.retries >= 0, "0 or more"),
-            ("retry_backoff_s", self.backoff_s, self.backoff_s > 0, "a number above 0"),
+        seconds = f"a number of seconds above 0 and at most {MAX_SETTING_S}"
+        max_seconds = f"a number of seconds from retry_backoff_s to {MAX_SETTING_S}"
+        check_number(self.timeout_s, "timeout", seconds)
+        check_int(self.retries, "retries", "an int, 0 or more", 0)
+        check_number(self.backoff_s, "retry_backoff_s", seconds)
+        check_number(self.backoff_max_s, "retry_backoff_max_s", max_seconds)
+        # Each comparison is False for NaN, so NaN is out of range.
+        ranges = [
+            ("timeout", 0 < self.timeout_s <= MAX_SETTING_S, seconds),
+            ("retry_backoff_s", 0 < self.backoff_s <= MAX_SETTING_S, seconds),
             (
                 "retry_backoff_max_s",
-                self.backoff_max_s,
-                self.backoff_max_s >= self.backoff_s,
-                "a number no smaller than retry_backoff_s",
+                self.backoff_s <= self.backoff_max_s <= MAX_SETTING_S,
+                max_seconds,
             ),
         ]
-        for name, value, ok, expected in checks:
-            if not ok:
-                raise InvalidArgumentError(
-                    f"invalid {name}: {value}; pass {expected}", field=name
-                )
+        for name, in_range, expected in ranges:
+            if not in_range:
+                raise out_of_range_error(name, expected)
 
     def attempts(
         self, idempotent: bool, clock: Callable[[], float] = time.monotonic
@@ -154,11 +172,13 @@ class ConflictRetries:
     """
 
     def __init__(self, max_attempts: int) -> None:
-        if max_attempts < 1:
-            raise InvalidArgumentError(
-                f"invalid max_attempts: {max_attempts}; pass 1 or more",
-                field="max_attempts",
-            )
+        check_int(
+            max_attempts,
+            "max_attempts",
+            f"an int from 1 to {MAX_CONFLICT_ATTEMPTS}",
+            1,
+            MAX_CONFLICT_ATTEMPTS,
+        )
         self._max_attempts = max_attempts
         self._attempt = 1
 

@@ -107,7 +107,7 @@ def check_expected_version(
     if version is not None and version < 1:
         raise InvalidArgumentError(
             field,
-            f"is {version}; data versions start at 1, so pass the data_version "
+            "is below 1, but data versions start at 1; pass the data_version "
             "that GetSessionData returned, or leave it unset",
         )
     return version
@@ -136,11 +136,39 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+class _DoubleOverflowError(ValueError):
+    """A JSON number with a fraction or an exponent that is too large for a double."""
+
+
+# A JSON string or number. Outside strings, digits occur only in numbers, so
+# in text that parsed up to some point this finds the numbers before it.
+_STRING_OR_NUMBER = re.compile(
+    r'"(?:[^"\\]|\\.)*"|-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?', re.DOTALL
+)
+
+
 def _parse_finite_float(text: str) -> float:
     value = float(text)
     if math.isinf(value):
-        raise ValueError(f"number {text[:40]} is out of the range of a double")
+        # The parser does not pass the position, and the text may be
+        # session data, so the message must not quote it.
+        raise _DoubleOverflowError
     return value
+
+
+def _double_overflow_position(text: str) -> int | None:
+    """Return the index of the first number that overflows a double when parsed as one.
+
+    Integers are skipped, because parse_json reads them as ints of full
+    precision.
+    """
+    for match in _STRING_OR_NUMBER.finditer(text):
+        token = match.group()
+        if token.startswith('"') or not any(mark in token for mark in ".eE"):
+            continue
+        if math.isinf(float(token)):
+            return match.start()
+    return None
 
 
 class _JsonLimitError(ValueError):
@@ -179,6 +207,14 @@ def parse_json(text: str, field: str, max_bytes: int) -> Any:
         )
     except _JsonLimitError as exc:
         raise InvalidArgumentError(field, str(exc)) from None
+    except _DoubleOverflowError:
+        position = _double_overflow_position(text)
+        where = "" if position is None else f" at position {position}"
+        raise InvalidArgumentError(
+            field,
+            f"contains a number out of the range of a double{where}; send a "
+            "number that large as a string",
+        ) from None
     except RecursionError:
         # The parser recurses once per level, so the interpreter's recursion
         # limit (1000 by default, less the frames already in use) bounds it.
@@ -188,6 +224,8 @@ def parse_json(text: str, field: str, max_bytes: int) -> Any:
             "near 900 levels); flatten the value",
         ) from None
     except ValueError as exc:
+        # The remaining errors name the rule broken and the position, or one
+        # of the constants NaN, Infinity and -Infinity, but never the text.
         raise InvalidArgumentError(field, f"is not valid JSON: {exc}") from None
 
 

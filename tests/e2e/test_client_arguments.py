@@ -451,3 +451,169 @@ def test_async_client_checks_arguments(daemon: DaemonProcess) -> None:
     }
     assert [name for name, found in rejections.items() if SECRET in found.message] == []
     assert stored == sessiond.SessionData(DATA, 1)
+
+
+def deeply_nested(depth: int = 5000) -> Any:
+    """Return SECRET inside lists nested deeper than the recursion limit of 1000."""
+    value: Any = {"card": SECRET}
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_deep_nesting_rejected(client: sessiond.SessionClient) -> None:
+    session = client.create_new_session(USER, PAYLOAD, DATA)
+    access = access_token_of(session)
+    deep = deeply_nested()
+    cases: dict[str, tuple[Callable[[], Any], str]] = {
+        "create payload": (
+            lambda: client.create_new_session(USER, {"k": deep}),
+            "access_token_payload",
+        ),
+        "create data": (
+            lambda: client.create_new_session(USER, None, deep),
+            "session_data",
+        ),
+        "regenerate payload": (
+            lambda: client.regenerate_access_token(access, {"k": deep}),
+            "access_token_payload",
+        ),
+        "update payload": (
+            lambda: client.update_access_token_payload(session.handle, {"k": deep}),
+            "access_token_payload",
+        ),
+        "update data": (
+            lambda: client.update_session_data(session.handle, deep),
+            "session_data",
+        ),
+        "merge patch": (
+            lambda: client.merge_session_data(session.handle, {"k": deep}),
+            "patch",
+        ),
+        "modify result": (
+            lambda: client.modify_session_data(session.handle, lambda data: deep),
+            "session_data",
+        ),
+    }
+
+    outcomes, messages = run_cases(cases)
+
+    assert outcomes == {
+        name: ("InvalidArgumentError", field) for name, (_, field) in cases.items()
+    }
+    assert [name for name, text in messages.items() if SECRET in text] == []
+    assert [
+        name for name, text in messages.items() if "nested too deeply" not in text
+    ] == []
+    assert_session_unchanged(client, session)
+
+
+def test_module_level_checks_arguments(daemon: DaemonProcess) -> None:
+    sessiond.init(daemon.address)
+    try:
+        session = sessiond.create_new_session(USER, PAYLOAD, DATA)
+        deep = deeply_nested()
+        bad_attempts: Any = "5"
+        changes: list[Any] = []
+        cases: dict[str, tuple[Callable[[], Any], str]] = {
+            "update data": (
+                lambda: sessiond.update_session_data(session.handle, deep),
+                "session_data",
+            ),
+            "merge patch": (
+                lambda: sessiond.merge_session_data(session.handle, deep),
+                "patch",
+            ),
+            "modify result": (
+                lambda: sessiond.modify_session_data(session.handle, lambda data: deep),
+                "session_data",
+            ),
+            "modify max_attempts": (
+                lambda: sessiond.modify_session_data(
+                    session.handle, changes.append, max_attempts=bad_attempts
+                ),
+                "max_attempts",
+            ),
+        }
+
+        outcomes, messages = run_cases(cases)
+        stored = sessiond.get_session_data_versioned(session.handle)
+    finally:
+        sessiond.close()
+
+    assert outcomes == {
+        name: ("InvalidArgumentError", field) for name, (_, field) in cases.items()
+    }
+    assert [name for name, text in messages.items() if SECRET in text] == []
+    assert changes == []
+    assert stored == sessiond.SessionData(DATA, 1)
+
+
+def test_async_client_checks_data_arguments(daemon: DaemonProcess) -> None:
+    deep = deeply_nested()
+    bad_attempts: Any = float("nan")
+
+    async def deep_change(data: Any) -> Any:
+        return deep
+
+    async def main() -> tuple[dict[str, Rejection], sessiond.SessionData]:
+        async with sessiond.AsyncSessionClient(daemon.address) as client:
+            session = await client.create_new_session(USER, PAYLOAD, DATA)
+            handle = session.handle
+            calls: dict[str, Callable[[], Awaitable[Any]]] = {
+                "create data": lambda: client.create_new_session(USER, None, deep),
+                "create payload": lambda: client.create_new_session(USER, {"k": deep}),
+                "update data": lambda: client.update_session_data(handle, deep),
+                "merge patch": lambda: client.merge_session_data(handle, deep),
+                "modify result": lambda: client.modify_session_data(
+                    handle, deep_change
+                ),
+                "modify max_attempts": lambda: client.modify_session_data(
+                    handle, deep_change, max_attempts=bad_attempts
+                ),
+            }
+            rejections: dict[str, Rejection] = {}
+            for name, call in calls.items():
+                try:
+                    await call()
+                except sessiond.InvalidArgumentError as error:
+                    rejections[name] = Rejection(
+                        type(error).__name__, error.field, str(error)
+                    )
+                except Exception as error:
+                    rejections[name] = Rejection(type(error).__name__, "", str(error))
+                else:
+                    rejections[name] = Rejection("accepted", "", "")
+            stored = await client.get_session_data_versioned(handle)
+            return rejections, stored
+
+    rejections, stored = asyncio.run(main())
+
+    outcomes = {name: (found.kind, found.field) for name, found in rejections.items()}
+    assert outcomes == {
+        "create data": ("InvalidArgumentError", "session_data"),
+        "create payload": ("InvalidArgumentError", "access_token_payload"),
+        "update data": ("InvalidArgumentError", "session_data"),
+        "merge patch": ("InvalidArgumentError", "patch"),
+        "modify result": ("InvalidArgumentError", "session_data"),
+        "modify max_attempts": ("InvalidArgumentError", "max_attempts"),
+    }
+    assert [name for name, found in rejections.items() if SECRET in found.message] == []
+    assert stored == sessiond.SessionData(DATA, 1)
+
+
+@pytest.mark.parametrize(
+    "api_key",
+    [SECRET + "\n", SECRET + "\x00", SECRET + "é", SURROGATE_TEXT, SECRET_BYTES, 5],
+)
+def test_async_client_checks_api_key(daemon: DaemonProcess, api_key: Any) -> None:
+    async def main() -> None:
+        async with sessiond.AsyncSessionClient(daemon.address, api_key=api_key):
+            pass
+
+    with pytest.raises(sessiond.InvalidArgumentError) as raised:
+        asyncio.run(main())
+
+    assert raised.value.field == "api_key"
+    assert SECRET not in str(raised.value)
+    assert SECRET not in repr(raised.value)

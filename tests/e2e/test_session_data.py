@@ -306,6 +306,30 @@ def test_modify_max_attempts_below_one(client: sessiond.SessionClient) -> None:
     assert client.get_session_data_versioned(session.handle).version == 1
 
 
+@pytest.mark.parametrize(
+    "max_attempts",
+    ["SECRET123", b"SECRET123", ["SECRET123"], {1: 1}, True, 1.0, float("nan"), 2**63],
+)
+def test_modify_max_attempts_wrong_value(
+    client: sessiond.SessionClient, max_attempts: Any
+) -> None:
+    session = client.create_new_session("user-modify-bad", None, {"count": 0})
+    calls: list[Any] = []
+
+    with pytest.raises(sessiond.InvalidArgumentError) as raised:
+        client.modify_session_data(
+            session.handle, calls.append, max_attempts=max_attempts
+        )
+
+    assert raised.value.field == "max_attempts"
+    assert "pass an int from 1 to 1000" in raised.value.message
+    assert "SECRET123" not in raised.value.message
+    assert calls == []
+    assert client.get_session_data_versioned(session.handle) == sessiond.SessionData(
+        {"count": 0}, 1
+    )
+
+
 # -- merge patches ------------------------------------------------------------
 
 
@@ -468,6 +492,109 @@ def test_parser_limit_leaves_data(
     assert client.get_session_data_versioned(session.handle) == sessiond.SessionData(
         {"a": 1}, 1
     )
+
+
+# A number that overflows a double, carrying a card number that messages must
+# never quote.
+OVERFLOW_JSON = '{"card": 4111111111111111e999}'
+SECRET_DIGITS = "4111111111111111"
+
+
+def test_rejected_values_not_echoed(
+    client: sessiond.SessionClient, raw_stub: session_pb2_grpc.SessionServiceStub
+) -> None:
+    session = client.create_new_session("user-not-echoed", {"role": "r"}, {"a": 1})
+    handle = session.handle
+    negative = -int(SECRET_DIGITS)
+    requests: dict[str, tuple[Callable[[], Any], str]] = {
+        "create data": (
+            lambda: raw_stub.CreateSession(
+                pb.CreateSessionRequest(
+                    user_id="user-not-echoed", session_data_json=OVERFLOW_JSON
+                ),
+                timeout=10,
+            ),
+            "session_data",
+        ),
+        "create payload": (
+            lambda: raw_stub.CreateSession(
+                pb.CreateSessionRequest(
+                    user_id="user-not-echoed", access_token_payload_json=OVERFLOW_JSON
+                ),
+                timeout=10,
+            ),
+            "access_token_payload",
+        ),
+        "update data": (
+            lambda: raw_stub.UpdateSessionData(
+                pb.UpdateSessionDataRequest(
+                    session_handle=handle, session_data_json=OVERFLOW_JSON
+                ),
+                timeout=10,
+            ),
+            "session_data",
+        ),
+        "merge patch": (
+            lambda: raw_stub.MergeSessionData(
+                pb.MergeSessionDataRequest(
+                    session_handle=handle, patch_json=OVERFLOW_JSON
+                ),
+                timeout=10,
+            ),
+            "patch",
+        ),
+        "update payload": (
+            lambda: raw_stub.UpdateAccessTokenPayload(
+                pb.UpdateAccessTokenPayloadRequest(
+                    session_handle=handle, access_token_payload_json=OVERFLOW_JSON
+                ),
+                timeout=10,
+            ),
+            "access_token_payload",
+        ),
+        "update version": (
+            lambda: raw_stub.UpdateSessionData(
+                pb.UpdateSessionDataRequest(
+                    session_handle=handle,
+                    session_data_json='{"a": 2}',
+                    expected_data_version=negative,
+                ),
+                timeout=10,
+            ),
+            "expected_data_version",
+        ),
+        "merge version": (
+            lambda: raw_stub.MergeSessionData(
+                pb.MergeSessionDataRequest(
+                    session_handle=handle,
+                    patch_json='{"a": 2}',
+                    expected_data_version=negative,
+                ),
+                timeout=10,
+            ),
+            "expected_data_version",
+        ),
+    }
+
+    errors = {name: raw_error(call) for name, (call, _) in requests.items()}
+
+    assert {
+        name: (type(error).__name__, getattr(error, "field", ""))
+        for name, error in errors.items()
+    } == {
+        name: ("InvalidArgumentError", field) for name, (_, field) in requests.items()
+    }
+    assert [name for name, error in errors.items() if SECRET_DIGITS in str(error)] == []
+    assert [
+        name
+        for name, error in errors.items()
+        if "version" not in name and "double at position 9;" not in str(error)
+    ] == []
+    assert client.get_all_session_handles_for_user("user-not-echoed") == [handle]
+    assert client.get_session_data_versioned(handle) == sessiond.SessionData(
+        {"a": 1}, 1
+    )
+    assert client.get_session_info(handle).access_token_payload == {"role": "r"}
 
 
 def test_wrong_type_version_leaves_data(client: sessiond.SessionClient) -> None:

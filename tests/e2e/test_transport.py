@@ -60,6 +60,25 @@ def test_api_key_file(
     assert KEY_A not in daemon.log()
 
 
+def test_api_key_with_newline_rejected(
+    start_daemon: Callable[..., DaemonProcess], sqlite_url: str, tmp_path: Path
+) -> None:
+    keys_file = tmp_path / "api-keys"
+    keys_file.write_text(f"{KEY_A}\n")
+    daemon = start_daemon(sqlite_url, api_keys_file=keys_file)
+    key_as_read = keys_file.read_text()
+
+    with pytest.raises(sessiond.InvalidArgumentError) as raised:
+        daemon.client(api_key=key_as_read)
+
+    assert raised.value.field == "api_key"
+    assert "strip the key" in raised.value.message
+    assert KEY_A not in repr(raised.value)
+    with daemon.client(api_key=key_as_read.strip()) as allowed:
+        allowed.create_new_session("user-3")
+    assert KEY_A not in daemon.log()
+
+
 def test_health_open_without_api_key(
     start_daemon: Callable[..., DaemonProcess], sqlite_url: str
 ) -> None:

@@ -129,6 +129,61 @@ def test_dump_names_the_field() -> None:
     assert caught.value.field == "patch"
 
 
+def nested_lists(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+# Deeper than the interpreter's default recursion limit of 1000.
+DEEP = nested_lists(5000)
+
+
+@pytest.mark.parametrize(
+    ("build", "field"),
+    [
+        pytest.param(
+            lambda: calls.create_new_session("u", {"k": DEEP}, None, None),
+            "access_token_payload",
+            id="create-payload",
+        ),
+        pytest.param(
+            lambda: calls.create_new_session("u", None, DEEP, None),
+            "session_data",
+            id="create-data",
+        ),
+        pytest.param(
+            lambda: calls.regenerate_access_token("t", {"k": DEEP}),
+            "access_token_payload",
+            id="regenerate-payload",
+        ),
+        pytest.param(
+            lambda: calls.update_access_token_payload("h", {"k": DEEP}),
+            "access_token_payload",
+            id="update-payload",
+        ),
+        pytest.param(
+            lambda: calls.update_session_data("h", DEEP, None),
+            "session_data",
+            id="update-data",
+        ),
+        pytest.param(
+            lambda: calls.merge_session_data("h", {"k": DEEP}, None),
+            "patch",
+            id="merge-patch",
+        ),
+    ],
+)
+def test_dump_deep_nesting_names_argument(build: Any, field: str) -> None:
+    with pytest.raises(sessiond.InvalidArgumentError) as raised:
+        build()
+
+    assert raised.value.field == field
+    assert "nested too deeply" in raised.value.message
+    assert "recursion" not in raised.value.message
+
+
 def test_create_request_and_parsed_session() -> None:
     device = sessiond.DeviceInfo(label="phone")
     call = calls.create_new_session("u", {"r": "é"}, [1], device)
@@ -260,15 +315,46 @@ def test_only_transport_unavailable_is_retried(error: grpc.RpcError) -> None:
     [
         ({"timeout_s": 0}, "timeout"),
         ({"timeout_s": float("nan")}, "timeout"),
+        ({"timeout_s": float("inf")}, "timeout"),
+        ({"timeout_s": 86_401}, "timeout"),
+        ({"timeout_s": 10**400}, "timeout"),
+        ({"timeout_s": "1"}, "timeout"),
+        ({"timeout_s": None}, "timeout"),
+        ({"timeout_s": True}, "timeout"),
         ({"retries": -1}, "retries"),
+        ({"retries": 1.5}, "retries"),
+        ({"retries": 1.0}, "retries"),
+        ({"retries": "1"}, "retries"),
+        ({"retries": None}, "retries"),
+        ({"retries": True}, "retries"),
         ({"backoff_s": 0}, "retry_backoff_s"),
+        ({"backoff_s": "0.1"}, "retry_backoff_s"),
+        ({"backoff_s": None}, "retry_backoff_s"),
         ({"backoff_s": 1, "backoff_max_s": 0.5}, "retry_backoff_max_s"),
+        ({"backoff_max_s": float("inf")}, "retry_backoff_max_s"),
+        ({"backoff_max_s": 1e10}, "retry_backoff_max_s"),
+        ({"backoff_max_s": "1"}, "retry_backoff_max_s"),
+        ({"backoff_max_s": None}, "retry_backoff_max_s"),
     ],
 )
 def test_bad_policy_rejected(settings: dict[str, Any], field: str) -> None:
     with pytest.raises(sessiond.InvalidArgumentError) as caught:
         RetryPolicy(**settings)
     assert caught.value.field == field
+    assert "pass a" in caught.value.message
+
+
+def test_policy_bounds_are_one_day() -> None:
+    policy = RetryPolicy(timeout_s=86_400, retries=0, backoff_s=1, backoff_max_s=86_400)
+
+    assert policy.timeout_s == 86_400
+    assert policy.backoff_max_s == 86_400
+    with pytest.raises(sessiond.InvalidArgumentError) as raised:
+        RetryPolicy(timeout_s=86_400.5)
+    assert raised.value.field == "timeout"
+    with pytest.raises(sessiond.InvalidArgumentError) as raised:
+        RetryPolicy(backoff_max_s=86_400.5)
+    assert raised.value.field == "retry_backoff_max_s"
 
 
 def test_conflict_retries() -> None:
@@ -281,6 +367,50 @@ def test_conflict_retries() -> None:
     assert caught.value is conflict
     with pytest.raises(sessiond.InvalidArgumentError):
         ConflictRetries(0)
+
+
+@pytest.mark.parametrize(
+    "max_attempts",
+    [
+        pytest.param("SECRET123", id="str"),
+        pytest.param(b"SECRET123", id="bytes"),
+        pytest.param(["SECRET123"], id="list"),
+        pytest.param({"SECRET123": 1}, id="dict"),
+        pytest.param(None, id="None"),
+        pytest.param(True, id="bool"),
+        pytest.param(1.0, id="float"),
+        pytest.param(float("nan"), id="nan"),
+        pytest.param(float("inf"), id="inf"),
+        pytest.param(0, id="zero"),
+        pytest.param(1001, id="above-max"),
+        pytest.param(-4111, id="negative"),
+        pytest.param(4111, id="far-above-max"),
+        pytest.param(2**63, id="huge"),
+    ],
+)
+def test_bad_max_attempts_rejected(max_attempts: Any) -> None:
+    with pytest.raises(sessiond.InvalidArgumentError) as raised:
+        ConflictRetries(max_attempts)
+
+    assert raised.value.field == "max_attempts"
+    assert "pass an int from 1 to 1000" in raised.value.message
+    assert "SECRET123" not in raised.value.message
+    assert "4111" not in raised.value.message
+
+
+def test_max_attempts_bounds() -> None:
+    conflict = sessiond.ConflictError("conflict", current_version=2)
+    with pytest.raises(sessiond.ConflictError):
+        ConflictRetries(1).wait_after(conflict)
+    longest = ConflictRetries(1000)
+    for _ in range(999):
+        longest.wait_after(conflict)
+    with pytest.raises(sessiond.ConflictError):
+        longest.wait_after(conflict)
+
+    with pytest.raises(sessiond.InvalidArgumentError) as raised:
+        ConflictRetries(1001)
+    assert raised.value.field == "max_attempts"
 
 
 def test_daemon_status_maps_to_its_exception() -> None:
@@ -438,13 +568,93 @@ def test_wrong_type_names_argument(build: Any, field: str, expected: str) -> Non
 
 @pytest.mark.parametrize(
     ("setting", "value"),
-    [("connections", "2"), ("connections", True), ("local_cache_size", 1.5)],
+    [
+        ("target", 5),
+        ("target", "127.0.0.1:1\ud800"),
+        ("connections", "2"),
+        ("connections", True),
+        ("local_cache_size", 1.5),
+        ("api_key", 5),
+        ("timeout", "1"),
+        ("timeout", None),
+        ("retries", "1"),
+        ("retries", None),
+        ("retries", 1.5),
+        ("retry_backoff_s", "1"),
+        ("retry_backoff_s", None),
+        ("retry_backoff_max_s", float("inf")),
+    ],
 )
 def test_client_setting_wrong_type_rejected(setting: str, value: Any) -> None:
+    arguments: dict[str, Any] = {"target": "127.0.0.1:1", setting: value}
+    with pytest.raises(sessiond.InvalidArgumentError) as raised:
+        sessiond.SessionClient(**arguments)
+
+    assert raised.value.field == setting
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("connections", "SECRET123"),
+        ("connections", 10**20 + 123),
+        ("local_cache_size", "SECRET123"),
+        ("local_cache_size", -123),
+        ("timeout", "SECRET123"),
+        ("timeout", 123456.0),
+        ("retries", "SECRET123"),
+        ("retries", -123),
+        ("retry_backoff_s", "SECRET123"),
+        ("retry_backoff_s", -123.5),
+        ("retry_backoff_max_s", "SECRET123"),
+        ("retry_backoff_max_s", 123456.0),
+    ],
+)
+def test_client_setting_message_omits_value(setting: str, value: Any) -> None:
     with pytest.raises(sessiond.InvalidArgumentError) as raised:
         sessiond.SessionClient("127.0.0.1:1", **{setting: value})
 
     assert raised.value.field == setting
+    assert str(value) not in raised.value.message
+    assert "123" not in raised.value.message
+
+
+@pytest.mark.parametrize(
+    ("api_key", "expected"),
+    [
+        pytest.param("SECRET123-0123456789\n", "strip the key", id="newline"),
+        pytest.param("SECRET123-0123456789\r\n", "strip the key", id="crlf"),
+        pytest.param(" SECRET123-0123456789", "strip the key", id="leading-space"),
+        pytest.param("SECRET123-0123\n456789", "printable ASCII", id="inner-newline"),
+        pytest.param("SECRET123-0123\x00456789", "printable ASCII", id="nul"),
+        pytest.param("SECRET123-0123\t456789", "printable ASCII", id="tab"),
+        pytest.param("SECRET123-0123é456789", "printable ASCII", id="non-ascii"),
+        pytest.param("SECRET123-0123\ud800456789", "printable ASCII", id="surrogate"),
+        pytest.param(b"SECRET123-0123456789", "got bytes", id="bytes"),
+        pytest.param(["SECRET123-0123456789"], "got list", id="list"),
+        pytest.param(5, "got int", id="int"),
+    ],
+)
+def test_bad_api_key_rejected(api_key: Any, expected: str) -> None:
+    with pytest.raises(sessiond.InvalidArgumentError) as raised:
+        sessiond.SessionClient("127.0.0.1:1", api_key=api_key)
+
+    assert raised.value.field == "api_key"
+    assert expected in raised.value.message
+    assert "SECRET123" not in raised.value.message
+    assert "SECRET123" not in repr(raised.value)
+    assert raised.value.__cause__ is None
+    assert raised.value.__context__ is None
+
+
+def test_api_key_printable_ascii_bounds() -> None:
+    for api_key in (None, "", "k" * 16, "~ !0123456789abcdef"):
+        sessiond.SessionClient("127.0.0.1:1", api_key=api_key).close()
+
+    for outside in ("\x1f", "\x7f"):
+        with pytest.raises(sessiond.InvalidArgumentError) as raised:
+            sessiond.SessionClient("127.0.0.1:1", api_key=f"0123{outside}456789")
+        assert raised.value.field == "api_key"
 
 
 # -- what messages may contain -------------------------------------------------------

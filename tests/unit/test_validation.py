@@ -145,6 +145,34 @@ def test_parse_json_non_finite_rejected(text: str) -> None:
     assert raised.value.field == "session_data"
 
 
+@pytest.mark.parametrize(
+    ("text", "position"),
+    [
+        pytest.param('{"card": 4111111111111111e999}', 9, id="exponent"),
+        pytest.param("[-4111111111111111.5E+999]", 1, id="negative"),
+        pytest.param(
+            '["4111111111111111e999 \\" 9e999", 1.5, 4111111111111111e999]',
+            39,
+            id="after-string",
+        ),
+        pytest.param(
+            "[" + "9" * 400 + ", 4111111111111111e999]",
+            403,
+            id="after-long-integer",
+        ),
+    ],
+)
+def test_parse_json_double_overflow_not_echoed(text: str, position: int) -> None:
+    with pytest.raises(InvalidArgumentError) as raised:
+        parse_json(text, "session_data", LARGE)
+
+    assert raised.value.field == "session_data"
+    assert "out of the range of a double" in raised.value.message
+    assert f"at position {position};" in raised.value.message
+    assert "4111111111111111" not in raised.value.message
+    assert "e999" not in raised.value.message.lower()
+
+
 @pytest.mark.parametrize("text", ["", "{", "[1,]", "{'a': 1}", "undefined", "1 2"])
 def test_parse_json_malformed_rejected(text: str) -> None:
     with pytest.raises(InvalidArgumentError) as raised:
@@ -350,6 +378,17 @@ def test_expected_version_below_one_rejected(version: int) -> None:
         check_expected_version(version)
 
     assert raised.value.field == "expected_data_version"
+
+
+@pytest.mark.parametrize("version", [-4111111111111111, -(2**63)])
+def test_expected_version_not_echoed(version: int) -> None:
+    with pytest.raises(InvalidArgumentError) as raised:
+        check_expected_version(version)
+
+    assert raised.value.field == "expected_data_version"
+    assert str(version) not in raised.value.message
+    assert str(-version) not in raised.value.message
+    assert "start at 1" in raised.value.message
 
 
 @pytest.mark.parametrize("version", [None, 1, 2**63 - 1])
