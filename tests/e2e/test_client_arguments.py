@@ -49,6 +49,17 @@ def rejection(call: Callable[[], Any]) -> Rejection:
     return Rejection("accepted", "", "")
 
 
+async def async_rejection(call: Callable[[], Awaitable[Any]]) -> Rejection:
+    """Await a call that must fail and return how it failed."""
+    try:
+        await call()
+    except sessiond.InvalidArgumentError as error:
+        return Rejection(type(error).__name__, error.field, str(error))
+    except Exception as error:
+        return Rejection(type(error).__name__, "", str(error))
+    return Rejection("accepted", "", "")
+
+
 def run_cases(
     cases: Mapping[str, tuple[Callable[[], Any], str]],
 ) -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
@@ -423,18 +434,9 @@ def test_async_client_checks_arguments(daemon: DaemonProcess) -> None:
                 "handle None": lambda: client.get_session_info(no_handle),
                 "handle daemon": lambda: client.get_session_info("not-a-handle"),
             }
-            rejections: dict[str, Rejection] = {}
-            for name, call in calls.items():
-                try:
-                    await call()
-                except sessiond.InvalidArgumentError as error:
-                    rejections[name] = Rejection(
-                        type(error).__name__, error.field, str(error)
-                    )
-                except Exception as error:
-                    rejections[name] = Rejection(type(error).__name__, "", str(error))
-                else:
-                    rejections[name] = Rejection("accepted", "", "")
+            rejections = {
+                name: await async_rejection(call) for name, call in calls.items()
+            }
             stored = await client.get_session_data_versioned(handle)
             return rejections, stored
 
@@ -572,18 +574,9 @@ def test_async_client_checks_data_arguments(daemon: DaemonProcess) -> None:
                     handle, deep_change, max_attempts=bad_attempts
                 ),
             }
-            rejections: dict[str, Rejection] = {}
-            for name, call in calls.items():
-                try:
-                    await call()
-                except sessiond.InvalidArgumentError as error:
-                    rejections[name] = Rejection(
-                        type(error).__name__, error.field, str(error)
-                    )
-                except Exception as error:
-                    rejections[name] = Rejection(type(error).__name__, "", str(error))
-                else:
-                    rejections[name] = Rejection("accepted", "", "")
+            rejections = {
+                name: await async_rejection(call) for name, call in calls.items()
+            }
             stored = await client.get_session_data_versioned(handle)
             return rejections, stored
 
