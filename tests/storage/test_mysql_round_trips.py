@@ -434,7 +434,7 @@ def test_lost_before_first_statement_retried(
     assert stored_row(mysql_url, record.session_handle)[0][:2] == ('{"n":1}', 2)
     retries = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
     assert len(retries) == 1, retries
-    # The line names the error, even when PyMySQL gives it no message.
+    # The line names the error by number and description.
     assert re.search(r"error=MySQL error \d+: \S", retries[0]), retries[0]
 
 

@@ -656,7 +656,7 @@ class Storage(abc.ABC):
         deadlines are (assignment, parameters) pairs, and may be empty. A
         backend may send the batch with BEGIN and COMMIT in one round trip.
         The outcome comes from the row as it was read under the lock, so it
-        says which UPDATE matched. For GRACE and THEFT neither did, and the
+        shows which UPDATE matched. For GRACE and THEFT neither did, and the
         session is unchanged.
         """
         assignments = ", ".join(sql for sql, _params in deadlines)
