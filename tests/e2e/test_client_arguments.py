@@ -60,6 +60,29 @@ async def async_rejection(call: Callable[[], Awaitable[Any]]) -> Rejection:
     return Rejection("accepted", "", "")
 
 
+AsyncCalls = Callable[
+    [sessiond.AsyncSessionClient, str], dict[str, Callable[[], Awaitable[Any]]]
+]
+
+
+def run_async_cases(
+    daemon: DaemonProcess, make_calls: AsyncCalls
+) -> tuple[dict[str, Rejection], sessiond.SessionData]:
+    """Create a session with the async client, run make_calls(client, handle), and read the data back."""
+
+    async def main() -> tuple[dict[str, Rejection], sessiond.SessionData]:
+        async with sessiond.AsyncSessionClient(daemon.address) as client:
+            session = await client.create_new_session(USER, PAYLOAD, DATA)
+            calls = make_calls(client, session.handle)
+            rejections = {
+                name: await async_rejection(call) for name, call in calls.items()
+            }
+            stored = await client.get_session_data_versioned(session.handle)
+            return rejections, stored
+
+    return asyncio.run(main())
+
+
 def run_cases(
     cases: Mapping[str, tuple[Callable[[], Any], str]],
 ) -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
@@ -421,26 +444,21 @@ def test_async_client_checks_arguments(daemon: DaemonProcess) -> None:
     user_bytes: Any = b"x"
     no_handle: Any = None
 
-    async def main() -> tuple[dict[str, Rejection], sessiond.SessionData]:
-        async with sessiond.AsyncSessionClient(daemon.address) as client:
-            session = await client.create_new_session(USER, PAYLOAD, DATA)
-            handle = session.handle
-            bad = {"card": SURROGATE_TEXT}
-            calls: dict[str, Callable[[], Awaitable[Any]]] = {
-                "create surrogate": lambda: client.create_new_session(USER, None, bad),
-                "update surrogate": lambda: client.update_session_data(handle, bad),
-                "merge surrogate": lambda: client.merge_session_data(handle, bad),
-                "create bytes": lambda: client.create_new_session(user_bytes),
-                "handle None": lambda: client.get_session_info(no_handle),
-                "handle daemon": lambda: client.get_session_info("not-a-handle"),
-            }
-            rejections = {
-                name: await async_rejection(call) for name, call in calls.items()
-            }
-            stored = await client.get_session_data_versioned(handle)
-            return rejections, stored
+    bad = {"card": SURROGATE_TEXT}
 
-    rejections, stored = asyncio.run(main())
+    def make_calls(
+        client: sessiond.AsyncSessionClient, handle: str
+    ) -> dict[str, Callable[[], Awaitable[Any]]]:
+        return {
+            "create surrogate": lambda: client.create_new_session(USER, None, bad),
+            "update surrogate": lambda: client.update_session_data(handle, bad),
+            "merge surrogate": lambda: client.merge_session_data(handle, bad),
+            "create bytes": lambda: client.create_new_session(user_bytes),
+            "handle None": lambda: client.get_session_info(no_handle),
+            "handle daemon": lambda: client.get_session_info("not-a-handle"),
+        }
+
+    rejections, stored = run_async_cases(daemon, make_calls)
 
     outcomes = {name: (found.kind, found.field) for name, found in rejections.items()}
     assert outcomes == {
@@ -558,29 +576,21 @@ def test_async_client_checks_data_arguments(daemon: DaemonProcess) -> None:
     async def deep_change(data: Any) -> Any:
         return deep
 
-    async def main() -> tuple[dict[str, Rejection], sessiond.SessionData]:
-        async with sessiond.AsyncSessionClient(daemon.address) as client:
-            session = await client.create_new_session(USER, PAYLOAD, DATA)
-            handle = session.handle
-            calls: dict[str, Callable[[], Awaitable[Any]]] = {
-                "create data": lambda: client.create_new_session(USER, None, deep),
-                "create payload": lambda: client.create_new_session(USER, {"k": deep}),
-                "update data": lambda: client.update_session_data(handle, deep),
-                "merge patch": lambda: client.merge_session_data(handle, deep),
-                "modify result": lambda: client.modify_session_data(
-                    handle, deep_change
-                ),
-                "modify max_attempts": lambda: client.modify_session_data(
-                    handle, deep_change, max_attempts=bad_attempts
-                ),
-            }
-            rejections = {
-                name: await async_rejection(call) for name, call in calls.items()
-            }
-            stored = await client.get_session_data_versioned(handle)
-            return rejections, stored
+    def make_calls(
+        client: sessiond.AsyncSessionClient, handle: str
+    ) -> dict[str, Callable[[], Awaitable[Any]]]:
+        return {
+            "create data": lambda: client.create_new_session(USER, None, deep),
+            "create payload": lambda: client.create_new_session(USER, {"k": deep}),
+            "update data": lambda: client.update_session_data(handle, deep),
+            "merge patch": lambda: client.merge_session_data(handle, deep),
+            "modify result": lambda: client.modify_session_data(handle, deep_change),
+            "modify max_attempts": lambda: client.modify_session_data(
+                handle, deep_change, max_attempts=bad_attempts
+            ),
+        }
 
-    rejections, stored = asyncio.run(main())
+    rejections, stored = run_async_cases(daemon, make_calls)
 
     outcomes = {name: (found.kind, found.field) for name, found in rejections.items()}
     assert outcomes == {
