@@ -133,6 +133,38 @@ def test_every_method_rejects_malformed(
     assert "Exception deserializing" not in daemon.log()
 
 
+def test_malformed_writes_leave_data_unchanged(
+    channel: tuple[DaemonProcess, grpc.Channel],
+) -> None:
+    daemon, opened = channel
+    with daemon.client() as client:
+        session = client.create_new_session("malformed-writes", None, {"k": 1})
+    method = SERVICE.methods_by_name["UpdateSessionData"]
+    valid = pb.UpdateSessionDataRequest(
+        session_handle=session.handle, session_data_json='{"k": 2}'
+    ).SerializeToString()
+    # The handle and the new data both come first, so each request names a
+    # real session and would overwrite its data if the daemon read it.
+    data_field = _varint(2 << 3 | 2)
+    requests = {
+        "truncated": valid[:-1],
+        "bad UTF-8 data": valid.split(data_field)[0]
+        + data_field
+        + _varint(len(BAD_UTF8))
+        + BAD_UTF8,
+    }
+
+    for kind, request in requests.items():
+        error = _call_raw(opened, method, request)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, kind  # type: ignore[attr-defined]
+        _assert_malformed(error, method)
+
+    with daemon.client() as client:
+        assert client.get_session_data_versioned(session.handle) == (
+            sessiond.SessionData({"k": 1}, 1)
+        )
+
+
 def test_malformed_burst_logs_once(
     channel: tuple[DaemonProcess, grpc.Channel],
 ) -> None:
