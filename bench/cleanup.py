@@ -34,7 +34,7 @@ WITHOUT = "without cleanup"
 POLL_INTERVAL_S = 0.02
 # How long past the daemon's cleanup interval the first deletion may take
 # to show, and how long the whole cleanup may run, before the bench gives up.
-# With its pauses the job deleted 100,000 sessions in 30 to 50 s in this
+# With its pauses the job deleted 100,000 sessions in 20 to 60 s in this
 # measurement on a 2-core machine, so 1800 s leaves room for a few million.
 START_GRACE_S = 30.0
 FINISH_TIMEOUT_S = 1800.0

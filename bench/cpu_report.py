@@ -117,11 +117,12 @@ def cpu_lines(results: Results) -> list[str]:
         ]
     cores = os.cpu_count() or 1
     return [
-        f"CPU time each process spent during the measurements at concurrency "
-        f"{concurrency}, per call, in microseconds: user plus system time from "
-        "/proc/PID/stat of the server process (the floor server for the empty call, "
-        "the daemon otherwise) and of the private MariaDB server, and os.times() of "
-        "the bench process, whose threads are the client. Unlike ops/s, CPU time per "
+        "Each figure is the CPU time a process spent during the measurement at "
+        f"concurrency {concurrency}, divided by the calls made, in microseconds. "
+        "User plus system time comes from /proc/PID/stat for the server process "
+        "(the floor server for the empty call, the daemon otherwise) and the "
+        "private MariaDB server, and from os.times() for the bench process, whose "
+        "threads are the client. Unlike ops/s, CPU time per "
         "call changes little with other load on the machine, though contention for "
         "locks and the GIL adds some. /proc counts in clock ticks of "
         f"{1000 / CLOCK_TICKS_PER_S:g} ms, so a short measurement (a quick run's "
@@ -143,9 +144,9 @@ def cpu_lines(results: Results) -> list[str]:
         ),
         "",
         f"This machine has {cores} cores, so the processes together can spend at most "
-        f"{cores * 1_000_000:,} us of CPU per second: a rate of R calls per second "
-        f"leaves at most {cores * 1_000_000:,} / R us per call for server, database "
-        "and client together.",
+        f"{cores * 1_000_000:,} us of CPU per second. A rate of R calls per second "
+        f"therefore leaves at most {cores * 1_000_000:,} / R us per call for server, "
+        "database and client together.",
     ]
 
 
@@ -214,7 +215,7 @@ def target_lines(results: Results) -> list[str]:
         f"MariaDB operations at concurrency {concurrency} against their targets. "
         "The budget is the most CPU time per call, server, database and client "
         f"together, that the target rate leaves on {cores} cores. The measured "
-        "total is what the call took in this run, and the floors' total is what "
+        "total is what the call took in this run. The floors' total is what "
         "its floor calls took: the empty gRPC call plus the matching SQL floor, "
         "each as many times as the operation needs (see CPU time per call above). "
         "Where the floors' total is above the budget, no change to the daemon's "
