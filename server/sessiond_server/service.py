@@ -62,19 +62,15 @@ class _RateLimitedLog:
                 self._suppressed += 1
                 return
             count, self._suppressed, self._last_s = self._suppressed + 1, 0, now
-        if peer:
-            logger.warning(
-                "%s method=%s peer=%s failures=%d error=%s",
-                self._event,
-                method,
-                peer,
-                count,
-                error,
-            )
-        else:
-            logger.warning(
-                "%s method=%s failures=%d error=%s", self._event, method, count, error
-            )
+        peer_field = f" peer={peer}" if peer else ""
+        logger.warning(
+            "%s method=%s%s failures=%d error=%s",
+            self._event,
+            method,
+            peer_field,
+            count,
+            error,
+        )
 
 
 _unavailable_log = _RateLimitedLog("database unavailable", interval_s=10.0)
